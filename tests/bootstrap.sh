@@ -34,16 +34,18 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   echo "$want" > "$stamp"
 fi
 
-# amazon.aws next to this collection, from the `ansible` community package (no Galaxy access needed).
+# amazon.aws next to this collection (and ansible.posix, whose json callback the tests read), from the
+# `ansible` community package: no Galaxy access needed.
 COLL=$REPO/.build/collections/ansible_collections
-if [ ! -f "$COLL/amazon/aws/MANIFEST.json" ]; then
-  echo "bootstrap: unpacking amazon.aws from ansible==$ANSIBLE_PKG_VERSION"
+if [ ! -f "$COLL/amazon/aws/MANIFEST.json" ] || [ ! -f "$COLL/ansible/posix/MANIFEST.json" ]; then
+  echo "bootstrap: unpacking amazon.aws and ansible.posix from ansible==$ANSIBLE_PKG_VERSION"
   mkdir -p "$REPO/.build/dl" "$COLL"
   ls "$REPO"/.build/dl/ansible-"$ANSIBLE_PKG_VERSION"-*.whl >/dev/null 2>&1 || \
     "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps "ansible==$ANSIBLE_PKG_VERSION" \
       -d "$REPO/.build/dl" 2> >(grep -v '^WARNING: Location' >&2)
-  rm -rf "$COLL/amazon/aws"
-  unzip -q -o "$REPO"/.build/dl/ansible-"$ANSIBLE_PKG_VERSION"-*.whl 'ansible_collections/amazon/aws/*' -d "$REPO/.build/collections"
+  rm -rf "$COLL/amazon/aws" "$COLL/ansible/posix"
+  unzip -q -o "$REPO"/.build/dl/ansible-"$ANSIBLE_PKG_VERSION"-*.whl 'ansible_collections/amazon/aws/*' \
+    'ansible_collections/ansible/posix/*' -d "$REPO/.build/collections"
 fi
 mkdir -p "$COLL/esxi2ami"
 [ -e "$COLL/esxi2ami/migrate" ] || ln -s "$REPO" "$COLL/esxi2ami/migrate"
