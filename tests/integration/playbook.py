@@ -91,7 +91,7 @@ def run_playbook(
         if diff:
             cmd.append("--diff")
         cmd += list(args)
-        proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=tmp)
+        proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=tmp, check=False)
     data = {}
     if callback == "json":
         try:

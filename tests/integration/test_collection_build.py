@@ -37,7 +37,7 @@ def installed(tmp_path_factory):
 
 
 def test_tarball_leaves_out_build_output_and_venvs(installed):
-    tarball, _ = installed
+    tarball = installed[0]
     with tarfile.open(tarball) as tar:
         names = tar.getnames()
     assert "galaxy.yml" not in names and "MANIFEST.json" in names
@@ -64,7 +64,7 @@ def test_every_module_is_in_an_action_group():
 def test_ansible_doc_renders_each_installed_module(installed, module):
     if module == "(none yet)":
         pytest.skip("no modules in plugins/modules yet")
-    _, dest = installed
+    dest = installed[1]
     env = {"ANSIBLE_COLLECTIONS_PATH": "%s:%s" % (dest, REPO / ".build" / "collections"), "PATH": str(BIN)}
     proc = subprocess.run(
         [BIN / "ansible-doc", "-j", "esxi2ami.migrate." + module], capture_output=True, text=True, env=env
