@@ -196,7 +196,8 @@ class Vcsim:
     """One vcsim process on 127.0.0.1:<free port>. Use as a context manager or start()/stop()."""
 
     def __init__(self, config: dict | None = None, lease_timeout: float = 300, rate_limit: int | None = None,
-                 cut_after: int | None = None, user: str = "user", password: str = "pass", api: str = "7.0.3.0",
+                 cut_after: int | None = None, user: str = "user", password: str = "pass",  # noqa: S107
+                 api: str = "7.0.3.0",
                  shutdown_delay: float = 1.0, cut_count: int | None = None, defaults: bool = True,
                  start_timeout: float = 60):
         self.config = config
