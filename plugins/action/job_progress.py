@@ -66,13 +66,16 @@ class ActionModule(ActionBase):
         del validation
         if args["interval"] < 1:
             raise AnsibleActionFail("interval must be at least 1 second, got %d" % args["interval"])
+        # The same async directory ansible.builtin.async_status uses (shell option async_dir).
+        async_dir = self._remote_expand_user(self.get_shell_option("async_dir", default="~/.ansible_async"))
         start = time.monotonic()
         last_state = None
         last_print = None
+        pause = 0.5
         while True:
             status = self._execute_module(
-                module_name="ansible.builtin.async_status",
-                module_args=dict(jid=args["jid"]),
+                module_name="ansible.legacy.async_status",
+                module_args=dict(jid=args["jid"], _async_dir=async_dir),
                 task_vars=task_vars,
             )
             if status.get("finished") or (status.get("failed") and "started" not in status):
@@ -94,7 +97,9 @@ class ActionModule(ActionBase):
                     % (task_vars.get("inventory_hostname", ""), format_progress(args["label"], data), int(now - start))
                 )
                 last_state, last_print = state, now
-            time.sleep(min(args["interval"], 5))
+            # Quick jobs (an idempotent re-run) return quickly; long ones are polled every few seconds.
+            time.sleep(pause)
+            pause = min(pause * 2, args["interval"], 5)
         self._execute_module(
             module_name="ansible.builtin.async_status",
             module_args=dict(jid=args["jid"], mode="cleanup"),
