@@ -165,6 +165,18 @@ def default_config() -> dict:
     }]}
 
 
+def disk_vm(name: str, *files: str | os.PathLike, **options) -> dict:
+    """A config entry for a VM whose disks are served from the given raw images or VMDKs.
+
+    ``Vcsim(config={"vms": [disk_vm("debian12", "/path/disk.raw", firmware="efi")]})``; options
+    are the other config keys (folder, power, guest_id, firmware, tools, uuid, cdrom, ...). Raw
+    images are converted to stream-optimized VMDKs once (cached by path, size and mtime).
+    """
+    if not files:
+        raise VcsimError(f"disk_vm({name!r}): give at least one disk file")
+    return {"name": name, "disks": [{"file": str(f)} for f in files], **options}
+
+
 def resolve_config(config: dict | None, defaults: bool = True) -> dict:
     """Merge the user's VMs after the default ones and turn every disk file into a VMDK path."""
     if config is not None and not isinstance(config, dict):

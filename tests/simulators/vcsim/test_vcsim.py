@@ -24,6 +24,7 @@ from tests.simulators.vcsim.launcher import (
     Vcsim,
     VcsimError,
     default_disks,
+    disk_vm,
     is_stream_optimized,
 )
 
@@ -263,10 +264,11 @@ def test_export_of_a_raw_image_round_trips(vcsim_factory, tmp_path):
         f.truncate(3 << 20)
         f.seek(1 << 20)
         f.write(os.urandom(300 << 10))
-    sim = vcsim_factory(config={"vms": [{"name": "from-raw", "power": "poweredOff", "firmware": "efi",
-                                         "disks": [{"file": str(raw)}]}]})
+    uuid = "4212a0f1-0000-4000-8000-00000000abcd"
+    sim = vcsim_factory(config={"vms": [disk_vm("from-raw", raw, power="poweredOff", firmware="efi", uuid=uuid)]})
     si = sim.connect()
     vm = find_vm(si, "from-raw")
+    assert vm.config.uuid == uuid and vm.config.firmware == "efi"
     disk = next(d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk))
     assert disk.capacityInKB == 3 << 10  # the image's virtual size
     lease = ready_lease(vm)
