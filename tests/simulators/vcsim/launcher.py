@@ -108,10 +108,23 @@ def prepare_disk(path: str | os.PathLike) -> Path:
     st = src.stat()
     key = hashlib.sha256(f"{src}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:16]
     dest = DISK_CACHE / f"{src.stem}-{key}.vmdk"
-    if not dest.exists():
+    if dest.exists():
+        os.utime(dest)  # recently used: kept by _prune_cache
+    else:
         fmt = _image_info(src).get("format", "raw")
         _atomic_convert(src, fmt, dest)
+        _prune_cache(keep=dest)
     return dest
+
+
+CACHE_KEEP = 16  # converted disks kept (least recently used go first)
+
+
+def _prune_cache(keep: Path) -> None:
+    converted = [p for p in DISK_CACHE.glob("*.vmdk") if not p.name.startswith("default-") and p != keep]
+    converted.sort(key=lambda p: p.stat().st_mtime if p.exists() else 0, reverse=True)
+    for old in converted[CACHE_KEEP - 1:]:
+        old.unlink(missing_ok=True)
 
 
 def _mbr(size: int) -> bytes:
@@ -256,7 +269,7 @@ class Vcsim:
             self.url = f"https://{self.host}:{self.port}/sdk"
             self._wait_ready()
         except BaseException:
-            self.stop(keep_log=True)
+            self.stop()  # the error message carries the log's tail
             raise
         return self
 
@@ -297,7 +310,7 @@ class Vcsim:
         except (OSError, AttributeError):
             return ""
 
-    def stop(self, keep_log: bool = False) -> None:
+    def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc:
             try:
@@ -317,7 +330,7 @@ class Vcsim:
                         pass
                     proc.wait(3)
             proc.stdout.close()
-        if self.workdir and not keep_log:
+        if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
 

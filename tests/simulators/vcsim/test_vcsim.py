@@ -157,8 +157,10 @@ def test_same_name_in_two_folders(vcsim_factory):
 
 
 def test_bad_config_is_reported(tmp_path):
+    sim = Vcsim(config={"vms": [{"name": "x", "firmware": "uefi"}]}, defaults=False)
     with pytest.raises(VcsimError, match="firmware must be bios or efi"):
-        Vcsim(config={"vms": [{"name": "x", "firmware": "uefi"}]}, defaults=False).start()
+        sim.start()
+    assert sim.proc is None and sim.workdir is None  # nothing left behind
     with pytest.raises(VcsimError, match="does not exist"):
         Vcsim(config={"vms": [{"name": "x", "disks": [{"file": str(tmp_path / "missing.raw")}]}]}).start()
 
