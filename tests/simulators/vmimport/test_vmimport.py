@@ -753,3 +753,24 @@ def test_ova_checks_read_only_what_they_need(images):
     assert info.disks[0].capacity == 4 << 20
     assert info.disks[0].head[510:512] == b"\x55\xaa"
     assert sum(requested) < len(data)
+
+
+def test_copy_image_of_an_imported_ami_copies_every_snapshot(sim, images):
+    """Tools name the AMI by copying it (the import cannot name it) and deregister the original."""
+    task, _ = wait(sim.ec2, start(sim, upload(sim, images["two.ova"]), BootMode="uefi"))
+    source_snaps = [d["SnapshotId"] for d in task["SnapshotDetails"]]
+    copy_id = sim.ec2.copy_image(SourceImageId=task["ImageId"], SourceRegion="us-east-1", Name="web-1")["ImageId"]
+    copy = sim.ec2.describe_images(ImageIds=[copy_id])["Images"][0]
+    assert copy["Name"] == "web-1"
+    assert copy["BootMode"] == "uefi"
+    assert [m["DeviceName"] for m in copy["BlockDeviceMappings"]] == ["/dev/sda1", "/dev/sdb"]
+    copy_snaps = [m["Ebs"]["SnapshotId"] for m in copy["BlockDeviceMappings"]]
+    assert not set(copy_snaps) & set(source_snaps)
+    described = sim.ec2.describe_snapshots(SnapshotIds=copy_snaps)["Snapshots"]
+    assert all(task["ImageId"] in s["Description"] and copy_id in s["Description"] for s in described)
+    sim.ec2.deregister_image(ImageId=task["ImageId"])
+    for snap in source_snaps:  # left behind by the import; deletable once the AMI is gone
+        sim.ec2.delete_snapshot(SnapshotId=snap)
+    with pytest.raises(ClientError) as excinfo:
+        sim.ec2.delete_snapshot(SnapshotId=copy_snaps[0])
+    assert client_error(excinfo)[0] == "InvalidSnapshot.InUse"

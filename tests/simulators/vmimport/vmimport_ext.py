@@ -590,6 +590,72 @@ def _finish(task: ImportTask, backend: Any) -> None:
     task.image_id = ami_id
 
 
+def _copy_imported_image(
+    backend: Any, source_backend: Any, source: Any, name: str | None, description: str | None
+) -> Any:
+    """CopyImage of an imported AMI: new snapshots for every mapping, attributes kept (moto copies one)."""
+    from moto.core.utils import utcnow
+    from moto.ec2.models.elastic_block_store import Snapshot
+    from moto.ec2.utils import random_ami_id, random_snapshot_id
+
+    ami_id = random_ami_id()
+    stamp = utcnow().strftime("%a %b %d %H:%M:%S UTC %Y")
+    mappings = []
+    for mapping in source.block_device_mappings:
+        old = source_backend.snapshots[mapping["Ebs"]["SnapshotId"]]
+        snapshot = Snapshot(
+            backend,
+            random_snapshot_id(),
+            volume=old.volume,
+            description=(
+                f"Copied for DestinationAmi {ami_id} from SourceAmi {source.id} for SourceSnapshot {old.id}. "
+                f"Task created on {stamp}."
+            ),
+            encrypted=old.encrypted,
+            kms_key_id=old.kms_key_id,
+            from_ami=ami_id,
+        )
+        backend.snapshots[snapshot.id] = snapshot
+        mappings.append({"DeviceName": mapping["DeviceName"], "Ebs": {**mapping["Ebs"], "SnapshotId": snapshot.id}})
+    ami = _AMI_CLASS(
+        backend,
+        ami_id,
+        mappings,
+        name=name or source.name,
+        description=description if description is not None else source.description,
+        architecture=source.architecture,
+        platform=source.platform,
+        virtualization_type=source.virtualization_type,
+        hypervisor=source.hypervisor,
+        root_device_type=source.root_device_type,
+        root_device_name=source.root_device_name,
+        region_name=f"{backend.region_name}a",
+        boot_mode=source.boot_mode,
+    )
+    backend.amis[ami_id] = ami
+    return ami
+
+
+def _install_copy_image() -> None:
+    from moto.ec2.models.amis import AmiBackend
+
+    original = getattr(AmiBackend.copy_image, "_vmimport_original", AmiBackend.copy_image)
+
+    def copy_image(
+        self: Any, source_image_id: str, source_region: str, name: str | None = None, description: str | None = None
+    ) -> Any:
+        from moto.ec2.models import ec2_backends
+
+        source_backend = ec2_backends[self.account_id][source_region]
+        source = source_backend.amis.get(source_image_id)
+        if source is not None and _AMI_CLASS is not None and isinstance(source, _AMI_CLASS):
+            return _copy_imported_image(self, source_backend, source, name, description)
+        return original(self, source_image_id, source_region, name, description)
+
+    copy_image._vmimport_original = original  # type: ignore[attr-defined]
+    AmiBackend.copy_image = copy_image  # type: ignore[method-assign]
+
+
 def _refresh(backend: Any, now: float) -> None:
     """Materialise the AMI of every task that has completed by ``now``."""
     with TASK_LOCK:
@@ -989,3 +1055,4 @@ def install() -> None:
     EC2Response.import_image = _logged(import_image)  # type: ignore[attr-defined]
     EC2Response.describe_import_image_tasks = _logged(describe_import_image_tasks)  # type: ignore[attr-defined]
     EC2Response.cancel_import_task = _logged(cancel_import_task)  # type: ignore[attr-defined]
+    _install_copy_image()
