@@ -121,8 +121,14 @@ CACHE_KEEP = 16  # converted disks kept (least recently used go first)
 
 
 def _prune_cache(keep: Path) -> None:
+    def mtime(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except FileNotFoundError:  # pruned by a concurrent run
+            return 0
+
     converted = [p for p in DISK_CACHE.glob("*.vmdk") if not p.name.startswith("default-") and p != keep]
-    converted.sort(key=lambda p: p.stat().st_mtime if p.exists() else 0, reverse=True)
+    converted.sort(key=mtime, reverse=True)
     for old in converted[CACHE_KEEP - 1:]:
         old.unlink(missing_ok=True)
 
