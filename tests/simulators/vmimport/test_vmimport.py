@@ -194,6 +194,7 @@ def test_vmdk_and_raw_disk_containers(sim, images):
     assert task["BootMode"] == "uefi"
     image = sim.ec2.describe_images(ImageIds=[task["ImageId"]])["Images"][0]
     assert image["BootMode"] == "uefi"
+    assert [m["DeviceName"] for m in image["BlockDeviceMappings"]] == ["/dev/sda1", "/dev/sdf"]
 
 
 def test_pax_tar_ova_and_windows_platform(sim, images):
@@ -218,6 +219,9 @@ def test_encrypted_import_uses_the_kms_key(sim, images):
     with pytest.raises(ClientError) as excinfo:
         start(sim, key, Encrypted=True, KmsKeyId="11111111-2222-3333-4444-555555555555")
     assert client_error(excinfo)[0] == "InvalidParameter"
+    # without KmsKeyId: the account's default EBS key
+    task, _ = wait(sim.ec2, start(sim, key, Encrypted=True))
+    assert task["Status"] == "completed" and task["Encrypted"] is True and task["KmsKeyId"]
 
 
 def test_client_token_is_idempotent(sim, images):

@@ -539,6 +539,16 @@ def _device_name(index: int) -> str:
     return "/dev/sda1" if index == 0 else f"/dev/sd{chr(ord('a') + index)}"
 
 
+def _device_names(task: ImportTask) -> list[str]:
+    """One device name per disk: DeviceName of multi-container imports, else /dev/sda1, /dev/sdb, ..."""
+    names = []
+    for src, container in zip(task.sources, task.containers, strict=False):
+        for _disk in container.disks:
+            named = src.device_name if len(task.sources) > 1 else None
+            names.append(named or _device_name(len(names)))
+    return names
+
+
 def _finish(task: ImportTask, backend: Any) -> None:
     """Register the snapshots and the AMI of a task that just completed."""
     global _AMI_CLASS
@@ -551,6 +561,7 @@ def _finish(task: ImportTask, backend: Any) -> None:
     zone = f"{task.region}a"
     ami_id = random_ami_id()
     mappings = []
+    device_names = _device_names(task)
     for index, disk in enumerate(task.disks):
         size_gib = max(1, -(-disk.capacity // (1 << 30)))
         volume = backend.create_volume(size=size_gib, zone_name=zone, encrypted=encrypted, kms_key_id=kms_key_id)
@@ -570,7 +581,7 @@ def _finish(task: ImportTask, backend: Any) -> None:
         }
         if encrypted and snapshot.kms_key_id:
             ebs["KmsKeyId"] = snapshot.kms_key_id
-        mappings.append({"DeviceName": _device_name(index), "Ebs": ebs})
+        mappings.append({"DeviceName": device_names[index], "Ebs": ebs})
     ami = _AMI_CLASS(
         backend,
         ami_id,
@@ -708,6 +719,7 @@ def _snapshot_details(task: ImportTask, status: str, validated: bool) -> list[di
     details = []
     if validated and task.containers:
         index = 0
+        device_names = _device_names(task)
         for src, container in zip(task.sources, task.containers, strict=False):
             for disk in container.disks:
                 item: dict[str, Any] = {
@@ -718,8 +730,7 @@ def _snapshot_details(task: ImportTask, status: str, validated: bool) -> list[di
                 if src.description:
                     item["Description"] = src.description
                 if status in ("active", "completed") and task.failure is None:
-                    named = src.device_name if len(task.sources) > 1 else None
-                    item["DeviceName"] = named or _device_name(index)
+                    item["DeviceName"] = device_names[index]
                 if status == "completed" and index < len(task.snapshot_ids):
                     item["SnapshotId"] = task.snapshot_ids[index]
                 item["Status"] = "active" if status == "active" else "completed"
@@ -870,6 +881,8 @@ def _check_role(account: str, region: str, role_name: str) -> Any:
 
 
 def _check_kms(account: str, region: str, key_id: str) -> None:
+    if key_id == "alias/aws/ebs" or key_id.endswith(":alias/aws/ebs"):
+        return  # the AWS managed EBS key always exists
     try:
         from moto.kms.models import kms_backends
 
