@@ -33,8 +33,8 @@ if [ -x "$out/vcsim" ] && [ "$(cat "$out/vcsim.stamp" 2>/dev/null)" = "$stamp" ]
     exit 0
 fi
 
-# A copy of the stock virtual_machine.go whose ShutdownGuest and powerVMTask.Run are renamed, so
-# overlay/zz_guest.go can wrap them. Each rename must hit exactly once.
+# A copy of the stock virtual_machine.go whose ShutdownGuest, powerVMTask.Run and configure are
+# renamed, so overlay/zz_guest.go can wrap them. Each rename must hit exactly once.
 gen="$out/gen"
 mkdir -p "$gen"
 rename() { # from to file
@@ -45,6 +45,7 @@ rename() { # from to file
 cp "$SIM/virtual_machine.go" "$gen/virtual_machine.go"
 rename 'func (vm *VirtualMachine) ShutdownGuest(' 'func (vm *VirtualMachine) shutdownGuestStock(' "$gen/virtual_machine.go"
 rename 'func (c *powerVMTask) Run(' 'func (c *powerVMTask) runStock(' "$gen/virtual_machine.go"
+rename 'func (vm *VirtualMachine) configure(spec' 'func (vm *VirtualMachine) configureStock(spec' "$gen/virtual_machine.go"
 
 {
     printf '{"Replace":{\n'

@@ -216,10 +216,17 @@ def eject_cdrom(vm):
 
 def test_cdrom_edit_ejects_media(vcsim_factory):
     vm = find_vm(vcsim_factory().connect(), TWO_DISK_VM)
+    before = vm.config.changeVersion
+    assert before
     cd = eject_cdrom(vm)
     assert cd.key == 3000
     assert not cd.connectable.connected and not cd.connectable.startConnected
     assert isinstance(cd.backing, vim.vm.device.VirtualCdrom.RemotePassthroughBackingInfo)
+    assert vm.config.changeVersion != before  # every reconfigure gets a new change version
+    with pytest.raises(vim.fault.ConcurrentAccess):  # a spec made from stale config is refused
+        WaitForTask(vm.ReconfigVM_Task(vim.vm.ConfigSpec(annotation="x", changeVersion=before)))
+    WaitForTask(vm.ReconfigVM_Task(vim.vm.ConfigSpec(annotation="x", changeVersion=vm.config.changeVersion)))
+    assert vm.config.annotation == "x"
 
 
 def test_export_streams_two_stream_optimized_disks(vcsim_factory, tmp_path):
@@ -317,6 +324,7 @@ def test_lease_expires_without_progress(vcsim_factory):
         lease.HttpNfcLeaseProgress(10)
     with pytest.raises(vim.fault.Timedout):
         lease.HttpNfcLeaseComplete()
+    WaitForTask(vm.PowerOnVM_Task())  # the failed lease no longer holds the VM
 
 
 def test_progress_keeps_the_lease_alive_beyond_its_timeout(vcsim_factory):
@@ -358,10 +366,14 @@ def test_abort_ends_the_lease(vcsim_factory):
     ensure_off(vm)
     lease = ready_lease(vm)
     url = url_of(sim, lease.info.deviceUrl[0])
+    with pytest.raises(vim.fault.InvalidState):  # no power-on while the export lease is open
+        WaitForTask(vm.PowerOnVM_Task())
     lease.HttpNfcLeaseAbort()
     assert download(sim, url, si._stub.cookie)[0] == 404
     with pytest.raises(vmodl.fault.ManagedObjectNotFound):
         lease.HttpNfcLeaseProgress(10)
+    WaitForTask(vm.PowerOnVM_Task())
+    assert vm.runtime.powerState == "poweredOn"
 
 
 def test_rate_limit_fault(vcsim_factory):

@@ -40,6 +40,7 @@ type HttpNfcLease struct {
 type leaseState struct {
 	svc          *Service
 	session      string // key of the session that opened the lease
+	export       bool   // an ExportVm lease (the VM cannot be powered on meanwhile)
 	timeout      time.Duration
 	lastProgress time.Time
 	timer        *time.Timer
@@ -54,6 +55,9 @@ var (
 
 func (l *HttpNfcLease) end() {
 	l.st.endOnce.Do(func() {
+		if l.st.export {
+			exportEnded(l.Info.Entity)
+		}
 		if l.st.timer != nil {
 			l.st.timer.Stop()
 		}

@@ -118,6 +118,8 @@ func (vm *VirtualMachine) ExportVm(ctx *Context, req *types.ExportVm) soap.HasFa
 	}
 	lease := NewHttpNfcLease(ctx, vm.Self)
 	lease.Info.Lease = lease.Self
+	lease.st.export = true
+	exportStarted(vm.Self)
 	for _, it := range vm.exportItems() {
 		lease.files[it.name] = it.src
 		if it.disk != nil {

@@ -2,8 +2,12 @@
 // the power state, and ShutdownGuest that behaves like a real guest (needs running tools, returns
 // at once, the VM powers off after a short delay).
 //
-// build.sh renames the stock (*VirtualMachine).ShutdownGuest to shutdownGuestStock and
-// (*powerVMTask).Run to runStock in a generated copy of virtual_machine.go.
+// Also config.changeVersion (a timestamp, checked against ConfigSpec.changeVersion like vSphere)
+// and no power-on while an export lease is open.
+//
+// build.sh renames the stock (*VirtualMachine).ShutdownGuest to shutdownGuestStock,
+// (*powerVMTask).Run to runStock and (*VirtualMachine).configure to configureStock in a
+// generated copy of virtual_machine.go.
 
 package simulator
 
@@ -20,6 +24,45 @@ import (
 type simVM struct {
 	noTools   bool     // VMware Tools not installed
 	diskFiles []string // files served for the VM's disks in device order (stream-optimized VMDKs)
+}
+
+// exporting counts the open export leases per VM moref value.
+var exporting = struct {
+	sync.Mutex
+	n map[string]int
+}{n: map[string]int{}}
+
+func exportStarted(vm types.ManagedObjectReference) {
+	exporting.Lock()
+	defer exporting.Unlock()
+	exporting.n[vm.Value]++
+}
+
+func exportEnded(vm types.ManagedObjectReference) {
+	exporting.Lock()
+	defer exporting.Unlock()
+	if exporting.n[vm.Value]--; exporting.n[vm.Value] <= 0 {
+		delete(exporting.n, vm.Value)
+	}
+}
+
+func isExporting(vm types.ManagedObjectReference) bool {
+	exporting.Lock()
+	defer exporting.Unlock()
+	return exporting.n[vm.Value] > 0
+}
+
+// configure wraps the stock one: a ConfigSpec.changeVersion that is not the VM's current one fails
+// with ConcurrentAccess, and every change gives the VM a new config.changeVersion.
+func (vm *VirtualMachine) configure(spec *types.VirtualMachineConfigSpec) types.BaseMethodFault {
+	if spec.ChangeVersion != "" && spec.ChangeVersion != vm.Config.ChangeVersion {
+		return &types.ConcurrentAccess{}
+	}
+	if err := vm.configureStock(spec); err != nil {
+		return err
+	}
+	vm.Config.ChangeVersion = vm.Config.Modified.UTC().Format("2006-01-02T15:04:05.000000Z")
+	return nil
 }
 
 var simVMs = struct {
@@ -80,6 +123,9 @@ func updateGuestTools(vm *VirtualMachine) {
 }
 
 func (c *powerVMTask) Run(task *Task) (types.AnyType, types.BaseMethodFault) {
+	if c.state == types.VirtualMachinePowerStatePoweredOn && isExporting(c.VirtualMachine.Self) {
+		return nil, &types.InvalidState{} // "The operation is not allowed in the current state."
+	}
 	res, err := c.runStock(task)
 	if err == nil {
 		updateGuestTools(c.VirtualMachine)
