@@ -642,6 +642,13 @@ def inspect_ova(read, size, verify_manifest=False):
                 % (disk["href"], disk["capacity"])
             )
         result["disks"].append(info)
+    disk_files = {d["href"] for d in ovf.disks}
+    for ref in ovf.files.values():
+        if ref["href"] and ref["href"] not in disk_files and reader.member(ref["href"]) is None:
+            problems.append(
+                "file %r is referenced by the descriptor but not in the archive (an ISO or floppy image left "
+                "attached? eject media before exporting)" % ref["href"]
+            )
     mfs = [m for m in members if m.name.lower().endswith(".mf")]
     if mfs:
         try:

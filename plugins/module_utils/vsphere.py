@@ -318,6 +318,8 @@ class VSphereClient(object):
         """Yield the bytes of an NFC device URL, with this session's cookie and the API's TLS verification."""
         url = self.nfc_url(url)
         parts = urlsplit(url)
+        # Name the file, not the whole URL: its path carries the lease's session-bound id.
+        what = "%s from %s" % (parts.path.rsplit("/", 1)[-1], parts.netloc)
         if parts.scheme != "https":
             raise VSphereError("refusing to download a disk over %s: %s" % (parts.scheme, url))
         conn = http.client.HTTPSConnection(parts.hostname, parts.port or 443, context=self.ssl_context, timeout=timeout)
@@ -332,7 +334,7 @@ class VSphereClient(object):
             resp = conn.getresponse()
             if resp.status != 200:
                 raise VSphereError(
-                    "downloading %s failed: HTTP %d %s %s" % (url, resp.status, resp.reason, resp.read(300)[:300])
+                    "downloading %s failed: HTTP %d %s %s" % (what, resp.status, resp.reason, resp.read(300)[:300])
                 )
             expected = resp.length
             while True:
@@ -342,15 +344,15 @@ class VSphereClient(object):
                 done += len(data)
                 yield data
             if expected is not None and done < expected:
-                raise VSphereError("download of %s ended after %d of %d bytes" % (url, done, expected))
+                raise VSphereError("download of %s ended after %d of %d bytes" % (what, done, expected))
         except ssl.SSLError as exc:
             raise VSphereError(
                 "TLS verification of the disk download from %s failed (%s); validate_certs applies to downloads too"
-                % (url, exc)
+                % (what, exc)
             ) from None
         except (OSError, http.client.HTTPException) as exc:
             raise VSphereError(
-                "download of %s failed after %d bytes: %s" % (url, done, fault_message(exc) or type(exc).__name__)
+                "download of %s failed after %d bytes: %s" % (what, done, fault_message(exc) or type(exc).__name__)
             ) from None
         finally:
             conn.close()
