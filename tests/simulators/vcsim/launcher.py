@@ -262,7 +262,7 @@ class Vcsim:
                "-config", str(cfg_file), "-default-disk", str(default_disks()["boot"]),
                "-lease-timeout", str(self.lease_timeout), "-shutdown-delay", str(self.shutdown_delay),
                "-rate-limit", str(self.rate_limit or 0), "-cut-after", str(self.cut_after or 0),
-               "-cut-count", str(self.cut_count or 0), "-watch-stdin"]
+               "-cut-count", str(self.cut_count or 0), "-watch-stdin", "-cleanup-dir", str(self.workdir)]
         env = dict(os.environ, TMPDIR=str(self.workdir))
         self.log_path = self.workdir / "vcsim.log"
         with open(self.log_path, "wb") as log:

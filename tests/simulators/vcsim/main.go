@@ -33,12 +33,16 @@ func main() {
 	cutCount := flag.Int64("cut-count", 0, "cut only the next N downloads (0 = all)")
 	shutdownDelay := flag.Float64("shutdown-delay", 1, "seconds between ShutdownGuest and the VM being powered off")
 	watchStdin := flag.Bool("watch-stdin", false, "exit when stdin reaches EOF (the parent process died)")
+	cleanup := flag.String("cleanup-dir", "", "directory to remove on exit (the launcher's work directory)")
 	flag.Parse()
+	if *cleanup != "" {
+		defer os.RemoveAll(*cleanup)
+	}
 	simulator.Trace = *trace
 
 	fail := func(err error) {
 		fmt.Fprintln(os.Stderr, "vcsim:", err)
-		os.Exit(2)
+		os.Exit(2) // the launcher reads the log, then removes the directory
 	}
 	if err := simulator.SetFaults(simulator.SimFaults{
 		LeaseTimeout: *leaseTimeout, RateLimit: *rateLimit, CutAfter: *cutAfter, CutCount: *cutCount,

@@ -483,7 +483,8 @@ def test_simulator_exits_when_its_parent_dies(tmp_path):
             "s = Vcsim(defaults=False).start(); print(s.proc.pid, s.workdir, flush=True); time.sleep(120)")
     parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
-        pid = int(parent.stdout.readline().split()[0])
+        pid, workdir = parent.stdout.readline().split()
+        pid = int(pid)
     finally:
         parent.kill()  # no cleanup code runs in the parent
         parent.wait()
@@ -497,6 +498,7 @@ def test_simulator_exits_when_its_parent_dies(tmp_path):
         return False
 
     wait_until(gone, what=f"vcsim {pid} to exit after its parent died")
+    assert not os.path.exists(workdir)  # it removed its datastores, config and log
 
 
 def test_cli_prints_the_env_and_stops_on_sigterm(tmp_path):
