@@ -239,7 +239,12 @@ class MultipartSink:
         except Exception as exc:  # noqa: BLE001 - handed to the feeding thread, which raises it
             with self._lock:
                 if self._error is None:
-                    self._error = exc if isinstance(exc, S3StreamError) else S3StreamError(str(exc))
+                    if not isinstance(exc, S3StreamError):
+                        exc = S3StreamError(
+                            "uploading part %d of s3://%s/%s failed: %s: %s"
+                            % (part, self.bucket, self.key, type(exc).__name__, exc)
+                        )
+                    self._error = exc
         finally:
             self._slots.release()
 
