@@ -785,3 +785,16 @@ def test_copy_image_of_an_imported_ami_copies_every_snapshot(sim, images):
     with pytest.raises(ClientError) as excinfo:
         sim.ec2.delete_snapshot(SnapshotId=copy_snaps[0])
     assert client_error(excinfo)[0] == "InvalidSnapshot.InUse"
+
+
+def test_large_multipart_ova_is_read_from_moto_file_buffer(sim, tmp_path):
+    """An OVA above moto's in-memory buffer (5 MiB), uploaded in parts, as the real pipeline does."""
+    raw = make_raw_disk(tmp_path / "big.raw", 16 << 20, content=os.urandom(10 << 20))
+    ova = build_ova(tmp_path / "big.ova", [raw], name="big")
+    assert ova.stat().st_size > 10 << 20
+    from boto3.s3.transfer import TransferConfig
+
+    sim.s3.upload_file(str(ova), sim.bucket, "big.ova", Config=TransferConfig(multipart_threshold=5 << 20))
+    task, _ = wait(sim.ec2, start(sim, "big.ova"))
+    assert task["Status"] == "completed"
+    assert task["SnapshotDetails"][0]["DiskImageSize"] > 10 << 20
