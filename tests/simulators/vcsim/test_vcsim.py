@@ -37,6 +37,7 @@ RASD = "{http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocatio
 
 # --- helpers -------------------------------------------------------------------------------------
 
+
 def find_vm(si, name, folder="DC0/vm"):
     vm = si.content.searchIndex.FindByInventoryPath(f"{folder}/{name}")
     assert vm is not None, f"{folder}/{name} not in the inventory"
@@ -87,9 +88,15 @@ def qemu_info(path):
 
 # --- connection ----------------------------------------------------------------------------------
 
+
 def test_login_api_version_and_env(vcsim):
-    si = SmartConnect(host=vcsim.env["VMWARE_HOST"], port=int(vcsim.env["VMWARE_PORT"]),
-                      user=vcsim.env["VMWARE_USER"], pwd=vcsim.env["VMWARE_PASSWORD"], disableSslCertValidation=True)
+    si = SmartConnect(
+        host=vcsim.env["VMWARE_HOST"],
+        port=int(vcsim.env["VMWARE_PORT"]),
+        user=vcsim.env["VMWARE_USER"],
+        pwd=vcsim.env["VMWARE_PASSWORD"],
+        disableSslCertValidation=True,
+    )
     try:
         about = si.content.about
         assert tuple(int(p) for p in about.apiVersion.split(".")[:3]) >= (7, 0, 3)
@@ -108,6 +115,7 @@ def test_tls_certificate_is_not_trusted_by_default(vcsim):
 
 
 # --- inventory -----------------------------------------------------------------------------------
+
 
 def test_two_disk_vm_with_iso(vcsim):
     si = vcsim.connect()
@@ -132,8 +140,12 @@ def test_device_keys_are_deterministic(vcsim_factory):
     keys = []
     for _ in range(2):
         si = vcsim_factory().connect()
-        keys.append({name: [d.key for d in find_vm(si, name).config.hardware.device]
-                     for name in ("DC0_H0_VM0", "DC0_C0_RP0_VM1", TWO_DISK_VM)})
+        keys.append(
+            {
+                name: [d.key for d in find_vm(si, name).config.hardware.device]
+                for name in ("DC0_H0_VM0", "DC0_C0_RP0_VM1", TWO_DISK_VM)
+            }
+        )
     assert keys[0] == keys[1]
     vm0 = {type(d).__name__.split(".")[-1]: d for d in find_vm(si, "DC0_H0_VM0").config.hardware.device}
     assert vm0["VirtualDisk"].key == 2000 and vm0["VirtualCdrom"].key == 3000
@@ -141,10 +153,14 @@ def test_device_keys_are_deterministic(vcsim_factory):
 
 
 def test_same_name_in_two_folders(vcsim_factory):
-    sim = vcsim_factory(config={"vms": [
-        {"name": "dup", "folder": "team-a", "disks": [{"capacity_mb": 4}]},
-        {"name": "dup", "folder": "team-b/nested", "power": "poweredOff", "disks": [{"capacity_mb": 4}]},
-    ]})
+    sim = vcsim_factory(
+        config={
+            "vms": [
+                {"name": "dup", "folder": "team-a", "disks": [{"capacity_mb": 4}]},
+                {"name": "dup", "folder": "team-b/nested", "power": "poweredOff", "disks": [{"capacity_mb": 4}]},
+            ]
+        }
+    )
     si = sim.connect()
     view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [vim.VirtualMachine], True)
     dups = [vm for vm in view.view if vm.name == "dup"]
@@ -166,6 +182,7 @@ def test_bad_config_is_reported(tmp_path):
 
 
 # --- power ---------------------------------------------------------------------------------------
+
 
 def test_power_off(vcsim):
     vm = find_vm(vcsim.connect(), "DC0_H0_VM1")
@@ -191,6 +208,27 @@ def test_graceful_shutdown_powers_off_after_a_delay(vcsim_factory):
         vm.ShutdownGuest()
 
 
+def test_power_off_hook_runs_before_the_vm_is_off(vcsim_factory, tmp_path):
+    """on_power_off runs to completion before the power state changes, for guest shutdown and hard power off."""
+    marks = tmp_path / "marks"
+    hook = [sys.executable, "-c", "import sys; open(sys.argv[1], 'a').write('off\\n')", str(marks)]
+    vms = [{"name": name, "on_power_off": hook, "disks": [{"capacity_mb": 4}]} for name in ("soft", "hard")]
+    sim = vcsim_factory(config={"vms": vms}, defaults=False, shutdown_delay=0.5)
+    si = sim.connect()
+    soft, hard = find_vm(si, "soft"), find_vm(si, "hard")
+    soft.ShutdownGuest()
+    wait_until(lambda: soft.runtime.powerState == "poweredOff", what="guest shutdown")
+    assert marks.read_text() == "off\n"
+    WaitForTask(hard.PowerOffVM_Task())
+    assert marks.read_text() == "off\noff\n"
+    WaitForTask(hard.PowerOnVM_Task())
+    WaitForTask(hard.PowerOffVM_Task())
+    assert marks.read_text().count("off") == 3
+    with pytest.raises(vim.fault.InvalidPowerState):
+        WaitForTask(hard.PowerOffVM_Task())  # already off: no hook
+    assert marks.read_text().count("off") == 3
+
+
 def test_shutdown_needs_vmware_tools(vcsim_factory):
     sim = vcsim_factory(config={"vms": [{"name": "no-tools", "tools": False, "disks": [{"capacity_mb": 4}]}]})
     vm = find_vm(sim.connect(), "no-tools")
@@ -204,10 +242,12 @@ def test_shutdown_needs_vmware_tools(vcsim_factory):
 
 # --- CD-ROM, export, descriptor --------------------------------------------------------------------
 
+
 def eject_cdrom(vm):
     cd = next(d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualCdrom))
-    cd.connectable = vim.vm.device.VirtualDevice.ConnectInfo(connected=False, startConnected=False,
-                                                             allowGuestControl=True)
+    cd.connectable = vim.vm.device.VirtualDevice.ConnectInfo(
+        connected=False, startConnected=False, allowGuestControl=True
+    )
     cd.backing = vim.vm.device.VirtualCdrom.RemotePassthroughBackingInfo(deviceName="", exclusive=False)
     spec = vim.vm.ConfigSpec(deviceChange=[vim.vm.device.VirtualDeviceSpec(operation="edit", device=cd)])
     WaitForTask(vm.ReconfigVM_Task(spec))
@@ -243,8 +283,9 @@ def test_export_streams_two_stream_optimized_disks(vcsim_factory, tmp_path):
     assert info.leaseTimeout == 300
     disks = [du for du in info.deviceUrl if du.disk]
     assert [du.targetId for du in disks] == ["disk-0.vmdk", "disk-1.vmdk"]
-    assert info.totalDiskCapacityInKB == sum(d.capacityInKB for d in vm.config.hardware.device
-                                             if isinstance(d, vim.vm.device.VirtualDisk))
+    assert info.totalDiskCapacityInKB == sum(
+        d.capacityInKB for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)
+    )
     served = [default_disks()["boot"], default_disks()["data"]]
     for du, source in zip(disks, served, strict=True):
         status, headers, body, error = download(sim, url_of(sim, du), si._stub.cookie)
@@ -285,8 +326,10 @@ def test_export_of_a_raw_image_round_trips(vcsim_factory, tmp_path):
     status, _, body, error = download(sim, url_of(sim, du), si._stub.cookie)
     assert status == 200 and error is None
     (tmp_path / "out.vmdk").write_bytes(body)
-    subprocess.run(["qemu-img", "convert", "-f", "vmdk", "-O", "raw", str(tmp_path / "out.vmdk"),
-                    str(tmp_path / "back.raw")], check=True)
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "vmdk", "-O", "raw", str(tmp_path / "out.vmdk"), str(tmp_path / "back.raw")],
+        check=True,
+    )
     assert (tmp_path / "back.raw").read_bytes() == raw.read_bytes()
     lease.HttpNfcLeaseComplete()
 
@@ -416,18 +459,29 @@ def test_cut_after_fault(vcsim_factory):
 
 
 def descriptor(si, vm, ovf_files=()):
-    cdp = vim.OvfManager.CreateDescriptorParams(name=vm.name, description="exported by a test",
-                                                ovfFiles=list(ovf_files))
+    cdp = vim.OvfManager.CreateDescriptorParams(
+        name=vm.name, description="exported by a test", ovfFiles=list(ovf_files)
+    )
     res = si.content.ovfManager.CreateDescriptor(obj=vm, cdp=cdp)
     assert not res.error
     return ET.fromstring(res.ovfDescriptor)  # noqa: S314 - our own simulator's output
 
 
 def test_create_descriptor(vcsim_factory, tmp_path):
-    sim = vcsim_factory(config={"vms": [{
-        "name": "efi-vm", "firmware": "efi", "guest_id": "rhel9_64Guest", "power": "poweredOff",
-        "disks": [{"file": str(default_disks()["boot"])}, {"file": str(default_disks()["data"])}],
-        "cdrom": TOOLS_ISO}]})
+    sim = vcsim_factory(
+        config={
+            "vms": [
+                {
+                    "name": "efi-vm",
+                    "firmware": "efi",
+                    "guest_id": "rhel9_64Guest",
+                    "power": "poweredOff",
+                    "disks": [{"file": str(default_disks()["boot"])}, {"file": str(default_disks()["data"])}],
+                    "cdrom": TOOLS_ISO,
+                }
+            ]
+        }
+    )
     si = sim.connect()
     vm = find_vm(si, "efi-vm")
     lease = ready_lease(vm)
@@ -469,6 +523,7 @@ def test_bios_descriptor_has_no_firmware_config(vcsim):
 
 # --- launcher ------------------------------------------------------------------------------------
 
+
 def test_stop_leaves_nothing_behind():
     sim = Vcsim(defaults=False).start()
     pid, workdir = sim.proc.pid, sim.workdir
@@ -479,8 +534,10 @@ def test_stop_leaves_nothing_behind():
 
 
 def test_simulator_exits_when_its_parent_dies(tmp_path):
-    code = ("import sys, time; from tests.simulators.vcsim.launcher import Vcsim; "
-            "s = Vcsim(defaults=False).start(); print(s.proc.pid, s.workdir, flush=True); time.sleep(120)")
+    code = (
+        "import sys, time; from tests.simulators.vcsim.launcher import Vcsim; "
+        "s = Vcsim(defaults=False).start(); print(s.proc.pid, s.workdir, flush=True); time.sleep(120)"
+    )
     parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         pid, workdir = parent.stdout.readline().split()
@@ -504,18 +561,27 @@ def test_simulator_exits_when_its_parent_dies(tmp_path):
 def test_cli_prints_the_env_and_stops_on_sigterm(tmp_path):
     cfg = tmp_path / "vms.json"
     cfg.write_text(json.dumps({"vms": [{"name": "by-hand", "disks": [{"capacity_mb": 4}]}]}))
-    proc = subprocess.Popen([sys.executable, "-m", "tests.simulators.vcsim.launcher", "--config", str(cfg)],
-                            cwd=REPO, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.simulators.vcsim.launcher", "--config", str(cfg)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         env = {}
         while len(env) < 5:
             line = proc.stdout.readline()
             assert line, "launcher exited early"
             if line.startswith("export "):
-                key, _, value = line[len("export "):].strip().partition("=")
+                key, _, value = line[len("export ") :].strip().partition("=")
                 env[key] = value
-        si = SmartConnect(host=env["VMWARE_HOST"], port=int(env["VMWARE_PORT"]), user=env["VMWARE_USER"],
-                          pwd=env["VMWARE_PASSWORD"], disableSslCertValidation=True)
+        si = SmartConnect(
+            host=env["VMWARE_HOST"],
+            port=int(env["VMWARE_PORT"]),
+            user=env["VMWARE_USER"],
+            pwd=env["VMWARE_PASSWORD"],
+            disableSslCertValidation=True,
+        )
         assert find_vm(si, "by-hand") and find_vm(si, TWO_DISK_VM)
         Disconnect(si)
     finally:

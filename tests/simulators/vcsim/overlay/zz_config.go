@@ -42,6 +42,10 @@ type VMConfig struct {
 	NICs       *int         `json:"nics"`       // vmxnet3 adapters on "VM Network" (default 1)
 	Disks      []DiskConfig `json:"disks"`
 	Cdrom      *CdromConfig `json:"cdrom"`
+	// OnPowerOff is a command (argv) run to completion whenever the VM powers off (guest shutdown or
+	// hard power off), before the power state changes: what the guest's disk holds at that moment is
+	// what the export serves. The demo uses it to stop the guest container and write its disk.
+	OnPowerOff []string `json:"on_power_off"`
 }
 
 type DiskConfig struct {
@@ -324,7 +328,7 @@ func addConfigVM(ctx context.Context, client *vim25.Client, vc VMConfig) error {
 		return err
 	}
 	ref := info.Result.(types.ManagedObjectReference)
-	setSimVM(ref, simVM{noTools: vc.Tools != nil && !*vc.Tools, diskFiles: files})
+	setSimVM(ref, simVM{noTools: vc.Tools != nil && !*vc.Tools, diskFiles: files, onPowerOff: vc.OnPowerOff})
 	vm := object.NewVirtualMachine(client, ref)
 	svm := Map.Get(ref).(*VirtualMachine)
 	Map.WithLock(svm, func() {

@@ -12,6 +12,8 @@
 package simulator
 
 import (
+	"log"
+	"os/exec"
 	"sync"
 	"time"
 
@@ -22,8 +24,24 @@ import (
 
 // simVM holds what the simulator needs per VM beyond the vSphere object.
 type simVM struct {
-	noTools   bool     // VMware Tools not installed
-	diskFiles []string // files served for the VM's disks in device order (stream-optimized VMDKs)
+	noTools    bool     // VMware Tools not installed
+	diskFiles  []string // files served for the VM's disks in device order (stream-optimized VMDKs)
+	onPowerOff []string // command run to completion before the VM powers off (config on_power_off)
+}
+
+// runPowerOffHook runs the VM's on_power_off command, if any, and logs its outcome; a failing hook
+// does not stop the power off (a real guest that fails to flush still powers off).
+func runPowerOffHook(vm *VirtualMachine) {
+	argv := simVMFor(vm.Self).onPowerOff
+	if len(argv) == 0 {
+		return
+	}
+	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
+	if err != nil {
+		log.Printf("vm %s: on_power_off %v failed: %v\n%s", vm.Name, argv, err, out)
+		return
+	}
+	log.Printf("vm %s: on_power_off %v done", vm.Name, argv)
 }
 
 // exporting counts the open export leases per VM moref value.
@@ -126,6 +144,10 @@ func (c *powerVMTask) Run(task *Task) (types.AnyType, types.BaseMethodFault) {
 	if c.state == types.VirtualMachinePowerStatePoweredOn && isExporting(c.VirtualMachine.Self) {
 		return nil, &types.InvalidState{} // "The operation is not allowed in the current state."
 	}
+	if c.state == types.VirtualMachinePowerStatePoweredOff &&
+		c.VirtualMachine.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn {
+		runPowerOffHook(c.VirtualMachine)
+	}
 	res, err := c.runStock(task)
 	if err == nil {
 		updateGuestTools(c.VirtualMachine)
@@ -154,6 +176,7 @@ func (vm *VirtualMachine) ShutdownGuest(ctx *Context, c *types.ShutdownGuest) so
 	delay := currentFaults().shutdownDelay()
 	go func() {
 		time.Sleep(delay)
+		runPowerOffHook(vm) // the guest has finished writing its disk when it powers off
 		Map.WithLock(vm, func() {
 			// powered off (or rebooted) by someone else meanwhile: nothing left to do
 			if vm.Runtime.PowerState != types.VirtualMachinePowerStatePoweredOn || !sameTime(boot, vm.Summary.Runtime.BootTime) {
