@@ -65,14 +65,33 @@ def _service_and_action(environ: dict, body: bytes | None) -> tuple[str | None, 
     return service, environ.get("REQUEST_METHOD", "GET")
 
 
-def _throttled_response(start_response):
-    body = (
-        '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>RequestLimitExceeded</Code>'
-        "<Message>Request limit exceeded.</Message></Error></Errors>"
-        f"<RequestID>{uuid.uuid4()}</RequestID></Response>"
-    ).encode()
-    start_response("503 Service Unavailable", [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))])
-    return [body]
+def _throttled_response(start_response, service: str | None, environ: dict):
+    """The throttling error each protocol returns: EC2, S3, query (IAM/STS) or JSON services."""
+    request_id = str(uuid.uuid4())
+    if service in (None, "ec2"):
+        status, ctype = "503 Service Unavailable", "text/xml"
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>RequestLimitExceeded</Code>'
+            f"<Message>Request limit exceeded.</Message></Error></Errors><RequestID>{request_id}</RequestID></Response>"
+        )
+    elif service == "s3":
+        status, ctype = "503 Slow Down", "application/xml"
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+            f"<Message>Please reduce your request rate.</Message><RequestId>{request_id}</RequestId></Error>"
+        )
+    elif environ.get("HTTP_X_AMZ_TARGET"):
+        status, ctype = "400 Bad Request", "application/x-amz-json-1.1"
+        body = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"})
+    else:
+        status, ctype = "400 Bad Request", "text/xml"
+        body = (
+            "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message>"
+            f"</Error><RequestId>{request_id}</RequestId></ErrorResponse>"
+        )
+    data = body.encode()
+    start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(data)))])
+    return [data]
 
 
 def _json(start_response, status: str, payload) -> list[bytes]:
@@ -106,7 +125,7 @@ class VmImportMiddleware:
             environ["wsgi.input"] = io.BytesIO(body)
         service, action = _service_and_action(environ, body)
         if action and vmimport_ext.STATE.record_call(service, action):
-            return _throttled_response(start_response)
+            return _throttled_response(start_response, service, environ)
         return self.app(environ, start_response)
 
     def control(self, environ, start_response, path):

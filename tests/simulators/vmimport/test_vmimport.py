@@ -624,6 +624,22 @@ def test_throttling_every_nth_call(sim):
     assert outcomes == ["ok", "ok", "RequestLimitExceeded"] * 2
 
 
+def test_throttling_other_services(sim):
+    iam = sim.aws.client("iam", config=NO_RETRY)
+    s3 = sim.aws.client("s3", config=NO_RETRY)
+    sim.aws.configure(throttle={"iam:GetRole": {"next": 1}, "s3:PUT": {"next": 1}, "*": {"every": 1}})
+    with pytest.raises(ClientError) as excinfo:
+        iam.get_role(RoleName="vmimport")
+    assert client_error(excinfo) == ("Throttling", "Rate exceeded")
+    assert iam.get_role(RoleName="vmimport")["Role"]["RoleName"] == "vmimport"
+    with pytest.raises(ClientError) as excinfo:
+        s3.put_object(Bucket=sim.bucket, Key="k", Body=b"x")
+    assert client_error(excinfo)[0] == "SlowDown"
+    s3.put_object(Bucket=sim.bucket, Key="k", Body=b"x")
+    throttled = sim.aws.counters()["throttled"]
+    assert throttled == {"iam:GetRole": 1, "s3:PUT": 1}  # "*" is for EC2 actions only
+
+
 def test_resource_count_limit(sim, images):
     sim.aws.configure(max_active_tasks=1, task_duration=600)
     key = upload(sim, images["good.ova"])

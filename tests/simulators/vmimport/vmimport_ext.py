@@ -174,14 +174,17 @@ class SimState:
             return {"calls": dict(self.calls), "throttled": dict(self.throttled)}
 
     def record_call(self, service: str | None, action: str) -> bool:
-        """Count one API call; return True when an EC2 call must be throttled."""
-        key = action if service in (None, "ec2") else f"{service}:{action}"
+        """Count one API call; return True when it must be throttled.
+
+        Rules are keyed like the counters (``DescribeImages``, ``iam:CreateRole``, ``s3:PUT``);
+        ``"*"`` matches every EC2 action.
+        """
+        is_ec2 = service in (None, "ec2")
+        key = action if is_ec2 else f"{service}:{action}"
         with self.lock:
             self.calls[key] += 1
-            if service not in (None, "ec2"):
-                return False
             rules = self.config["throttle"]
-            rule_key = action if action in rules else ("*" if "*" in rules else None)
+            rule_key = key if key in rules else ("*" if "*" in rules and is_ec2 else None)
             if rule_key is None:
                 return False
             rule = rules[rule_key]
