@@ -57,8 +57,8 @@ def images(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture
 def sim(vmimport_ready):
-    """A clean server with a bucket and a correct role; tasks take 1 s."""
-    vmimport_ready.aws.configure(task_duration=1.0, deleting_duration=0.2)
+    """A clean server with a bucket and a correct role; tasks take 0.5 s."""
+    vmimport_ready.aws.configure(task_duration=0.5, deleting_duration=0.1)
     return vmimport_ready
 
 
