@@ -476,7 +476,7 @@ def _pax_records(data):
             break
         length = int(match.group(1))
         rec = data[pos + match.end() : pos + length - 1]
-        key, _, value = rec.partition(b"=")
+        key, dummy, value = rec.partition(b"=")
         records[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
         pos += length
     return records

@@ -20,7 +20,7 @@ description:
   - Returns the facts M(esxi2ami.migrate.ec2_import_image) needs (RV(boot_mode), RV(architecture), RV(platform)).
   - With O(validate=true) it fails, listing the reasons, when VM Import would reject the OVA.
 author:
-  - esxi2ami.migrate contributors
+  - esxi2ami.migrate maintainers (@esxi2ami)
 options:
   src:
     description:
@@ -229,7 +229,7 @@ def main():
     src = module.params["src"]
     try:
         if src.startswith("s3://"):
-            bucket, _, key = src[5:].partition("/")
+            bucket, dummy, key = src[5:].partition("/")
             if not bucket or not key:
                 module.fail_json(msg="src %r must look like s3://bucket/key.ova" % src)
             read, size = s3_reader(module.client("s3"), bucket, key)

@@ -23,7 +23,7 @@ description:
   - The VM's uuid and configuration change version are recorded with the OVA (S3 object metadata, or extended
     attributes of a local file), so O(overwrite=different) skips an export whose destination already matches.
 author:
-  - esxi2ami.migrate contributors
+  - esxi2ami.migrate maintainers (@esxi2ami)
 options:
   name:
     description:
@@ -360,7 +360,7 @@ MIB = 1 << 20
 def parse_dest(dest):
     """(bucket, key) for an S3 URL, or (None, path)."""
     if dest.startswith("s3://"):
-        bucket, _, key = dest[5:].partition("/")
+        bucket, dummy, key = dest[5:].partition("/")
         if not bucket or not key or key.endswith("/"):
             raise ValueError("dest %r must look like s3://bucket/key.ova (a bucket and an object key)" % dest)
         return bucket, key
@@ -655,7 +655,7 @@ def run(module, client, left):
             client,
             vm,
             dest.make_sink(facts, state),
-            progress=lambda done, total: progress.update(done, total),
+            progress=progress.update,
             description="Exported from %s by esxi2ami.migrate" % client.hostname,
         )
         duration = time.monotonic() - started

@@ -8,7 +8,7 @@ import pytest
 from ansible_collections.esxi2ami.migrate.plugins.module_utils import ova
 from ansible_collections.esxi2ami.migrate.plugins.modules.ova_info import s3_reader
 from tests.integration.playbook import run_playbook
-from tests.simulators.vmimport.fixtures import aws, aws_clean  # noqa: F401
+from tests.simulators.vmimport.fixtures import aws, aws_clean  # noqa: F401  # pylint: disable=unused-import
 from tests.simulators.vmimport.ova_builder import build_ova, make_raw_disk
 
 BUCKET = "ovas"
@@ -32,7 +32,7 @@ def ovas(tmp_path_factory):
     ]
     (tmp / "good").mkdir()
     built = {"good": build_ova(tmp / "good" / "vm.ova", disks)}
-    for name, (variant, _) in BAD.items():
+    for name, (variant, _reason) in BAD.items():
         (tmp / name).mkdir()
         built[name] = build_ova(tmp / name / "vm.ova", disks, **variant)
     notar = tmp / "notar.ova"

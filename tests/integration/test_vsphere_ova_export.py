@@ -16,7 +16,7 @@ from pyVmomi import vim, vmodl
 from ansible_collections.esxi2ami.migrate.plugins.module_utils import ova, s3_stream, vsphere
 from tests.integration.playbook import run_playbook
 from tests.simulators.vcsim.launcher import TWO_DISK_VM, Vcsim, disk_vm
-from tests.simulators.vmimport.fixtures import aws, aws_clean  # noqa: F401
+from tests.simulators.vmimport.fixtures import aws, aws_clean  # noqa: F401  # pylint: disable=unused-import
 
 BUCKET = "exports"
 MODULE = "esxi2ami.migrate.vsphere_ova_export"

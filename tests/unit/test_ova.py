@@ -21,7 +21,7 @@ def _descriptor(disks, name="vm", os_type="debian12_64Guest"):
 
 def _write(path, disks, descriptor=None, reserve=8192, chunk=7000):
     """Write an OVA with OvaWriter + FileSink from (name, bytes) disks; returns the writer's result."""
-    names = [n for n, _ in disks]
+    names = [d[0] for d in disks]
     head = ova.OvaWriter.head_size_for("vm.ovf", "vm.mf", names, reserve)
     sink = ova.FileSink(str(path), head)
     writer = ova.OvaWriter(sink, "vm.ovf", "vm.mf", names, reserve, mtime=1700000000)
@@ -57,7 +57,7 @@ def test_written_ova_reads_back_with_tarfile(tmp_path):
     assert path.stat().st_size % 512 == 0
     with tarfile.open(path) as tar:
         members = tar.getmembers()
-        assert [m.name for m in members] == ["vm.ovf", "vm.mf"] + [n for n, _ in disks]
+        assert [m.name for m in members] == ["vm.ovf", "vm.mf"] + [d[0] for d in disks]
         for m, (name, data) in zip(members[2:], disks, strict=True):
             assert tar.extractfile(m).read() == data, name
             assert m.mtime == 1700000000
@@ -68,7 +68,7 @@ def test_written_ova_reads_back_with_tarfile(tmp_path):
     expected = ["SHA256(vm.ovf)= %s" % hashlib.sha256(descriptor).hexdigest()]
     expected += ["SHA256(%s)= %s" % (n, hashlib.sha256(d).hexdigest()) for n, d in disks]
     assert manifest.splitlines() == expected
-    assert [d["sha256"] for d in result["disks"]] == [hashlib.sha256(d).hexdigest() for _, d in disks]
+    assert [d["sha256"] for d in result["disks"]] == [hashlib.sha256(d).hexdigest() for n, d in disks]
 
 
 def test_descriptor_that_outgrows_its_slot_is_refused_and_nothing_gets_the_final_name(tmp_path):
