@@ -238,7 +238,7 @@ def os_supported(os_type: str | None, platform: str | None) -> bool:
         if lowered.startswith(("win31", "win95", "win98", "winme")):
             return False
         return (platform or "").lower() == "windows"
-    if lowered.startswith("otherlinux"):
+    if "linux" in lowered:  # otherLinux64Guest, other5xLinux64Guest, ...
         return True
     return not lowered.startswith(tuple(p.lower() for p in UNSUPPORTED_OS_PREFIXES))
 

@@ -766,6 +766,26 @@ def test_server_dies_with_its_parent(tmp_path):
 # --------------------------------------------------------------------------- ova_checks without a server
 
 
+@pytest.mark.parametrize(
+    ("os_type", "platform", "supported"),
+    [
+        ("debian12_64Guest", None, True),
+        ("other5xLinux64Guest", None, True),
+        ("otherLinux64Guest", None, True),
+        ("ubuntu64Guest", None, True),
+        ("otherGuest64", None, False),
+        ("otherGuest", None, False),
+        ("freebsd13_64Guest", None, False),
+        ("windows7Guest", None, False),
+        ("windows2019srv_64Guest", "Windows", True),
+        ("win98Guest", "Windows", False),
+        (None, None, True),
+    ],
+)
+def test_os_families(os_type, platform, supported):
+    assert ova_checks.os_supported(os_type, platform) is supported
+
+
 def test_ova_checks_read_only_what_they_need(images):
     data = images["two.ova"].read_bytes()
     requested = []
