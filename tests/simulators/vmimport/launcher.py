@@ -43,7 +43,7 @@ class MotoVmImport:
 
     Keyword arguments are the simulator's settings (see ``DEFAULT_CONFIG`` in
     vmimport_ext.py): ``task_duration``, ``deleting_duration``, ``max_active_tasks``,
-    ``iam_propagation_delay``, ``throttle``. They are the start values that
+    ``iam_propagation_delay``, ``throttle``, ``errors``. They are the start values that
     :meth:`reset` goes back to; :meth:`configure` changes them at runtime.
     """
 
@@ -217,7 +217,7 @@ class MotoVmImport:
         return self._request("GET", "/_vmimport/config")
 
     def counters(self) -> dict[str, dict[str, int]]:
-        """{"calls": {action: n}, "throttled": {action: n}}; EC2 actions bare, others "service:Action"."""
+        """{"calls": {action: n}, "throttled": {...}, "injected": {...}}; EC2 actions bare, others "service:Action"."""
         return self._request("GET", "/_vmimport/counters")
 
     def reset_counters(self) -> None:

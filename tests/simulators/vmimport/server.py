@@ -11,7 +11,7 @@ Besides moto's own endpoints (``/moto-api/reset`` ...) it serves a control API:
 
     GET    /_vmimport/config        current faults/settings (JSON)
     POST   /_vmimport/config        JSON object: settings to change (unknown keys -> 400)
-    GET    /_vmimport/counters      {"calls": {action: n}, "throttled": {action: n}}
+    GET    /_vmimport/counters      {"calls": {action: n}, "throttled": {...}, "injected": {...}}
     DELETE /_vmimport/counters      zero the counters
     POST   /_vmimport/reset         moto reset + settings back to start values + counters zeroed
     GET    /_vmimport/health        {"ok": true}
@@ -94,6 +94,18 @@ def _throttled_response(start_response, service: str | None, environ: dict):
     return [data]
 
 
+def _ec2_error(start_response, code: str, message: str, status: int):
+    from xml.sax.saxutils import escape
+
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{escape(code)}</Code>'
+        f"<Message>{escape(message)}</Message></Error></Errors><RequestID>{uuid.uuid4()}</RequestID></Response>"
+    ).encode()
+    reason = {400: "Bad Request", 500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Error")
+    start_response(f"{status} {reason}", [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
 def _json(start_response, status: str, payload) -> list[bytes]:
     body = json.dumps(payload, sort_keys=True).encode()
     start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
@@ -124,8 +136,11 @@ class VmImportMiddleware:
             body = environ["wsgi.input"].read(length) if length else b""
             environ["wsgi.input"] = io.BytesIO(body)
         service, action = _service_and_action(environ, body)
-        if action and vmimport_ext.STATE.record_call(service, action):
+        fault = vmimport_ext.STATE.record_call(service, action) if action else None
+        if fault is not None and fault["kind"] == "throttle":
             return _throttled_response(start_response, service, environ)
+        if fault is not None:
+            return _ec2_error(start_response, fault["code"], fault["message"], fault["status"])
         return self.app(environ, start_response)
 
     def control(self, environ, start_response, path):

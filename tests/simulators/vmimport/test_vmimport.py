@@ -640,6 +640,29 @@ def test_throttling_other_services(sim):
     assert throttled == {"iam:GetRole": 1, "s3:PUT": 1}  # "*" is for EC2 actions only
 
 
+def test_injected_errors(sim, images):
+    key = upload(sim, images["good.ova"])
+    sim.aws.configure(
+        errors={
+            "ImportImage": {"next": 2, "code": "ResourceCountLimitExceeded"},
+            "DescribeImportImageTasks": {"next": 1, "code": "InternalError", "status": 500},
+        }
+    )
+    for _ in range(2):
+        with pytest.raises(ClientError) as excinfo:
+            start(sim, key)
+        assert client_error(excinfo)[0] == "ResourceCountLimitExceeded"
+    task_id = start(sim, key)
+    ec2 = sim.aws.client("ec2", config=NO_RETRY)
+    with pytest.raises(ClientError) as excinfo:
+        ec2.describe_import_image_tasks(ImportTaskIds=[task_id])
+    assert client_error(excinfo) == ("InternalError", "An internal error has occurred.")
+    assert wait(ec2, task_id)[0]["Status"] == "completed"
+    assert sim.aws.counters()["injected"] == {"ImportImage": 2, "DescribeImportImageTasks": 1}
+    with pytest.raises(MotoVmImportError, match="needs code"):
+        sim.aws.configure(errors={"ImportImage": {"next": 1}})
+
+
 def test_resource_count_limit(sim, images):
     sim.aws.configure(max_active_tasks=1, task_duration=600)
     key = upload(sim, images["good.ova"])
@@ -686,7 +709,7 @@ def test_counters_count_each_call(sim):
     assert calls["DescribeImportImageTasks"] == 3
     assert calls["sts:GetCallerIdentity"] == 1
     sim.aws.reset_counters()
-    assert sim.aws.counters() == {"calls": {}, "throttled": {}}
+    assert sim.aws.counters() == {"calls": {}, "throttled": {}, "injected": {}}
 
 
 def test_configure_rejects_bad_settings(aws_clean):

@@ -48,6 +48,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "iam_propagation_delay": 0.0,
     # {"<Action>" or "*": {"next": N} | {"every": N}}: RequestLimitExceeded for EC2 actions
     "throttle": {},
+    # {"<EC2 Action>": {"next": N, "code": "...", "message": "...", "status": 400}}: the next N calls fail so
+    "errors": {},
 }
 
 ROLE_MESSAGE = (
@@ -79,6 +81,14 @@ BOOT_MODES = ("legacy-bios", "uefi")
 TASK_STATES = ("active", "completed", "deleting", "deleted")
 
 
+INJECTED_MESSAGES = {
+    "ResourceCountLimitExceeded": "You have reached the maximum number of active import image tasks in this Region.",
+    "RequestLimitExceeded": "Request limit exceeded.",
+    "InternalError": "An internal error has occurred.",
+    "Unavailable": "The server is overloaded and can't handle the request.",
+}
+
+
 class ConfigError(ValueError):
     pass
 
@@ -92,6 +102,7 @@ class SimState:
         self.config = copy.deepcopy(DEFAULT_CONFIG)
         self.calls: Counter[str] = Counter()
         self.throttled: Counter[str] = Counter()
+        self.injected: Counter[str] = Counter()
         self._throttle_seen: Counter[str] = Counter()
 
     # configuration -----------------------------------------------------------------
@@ -133,8 +144,35 @@ class SimState:
                         )
                     checked[str(action)] = dict(rule)
                 value = checked
+            elif key == "errors":
+                value = SimState._validate_errors(value)
             clean[key] = value
         return clean
+
+    @staticmethod
+    def _validate_errors(value: Any) -> dict[str, Any]:
+        example = '{"ImportImage": {"next": 2, "code": "ResourceCountLimitExceeded"}}'
+        if not isinstance(value, dict):
+            raise ConfigError(f"errors must be an object like {example}")
+        checked = {}
+        for action, rule in value.items():
+            if not isinstance(rule, dict) or set(rule) - {"next", "code", "message", "status"}:
+                raise ConfigError(f"errors rule for {action!r} takes next, code, message, status; got {rule!r}")
+            count = rule.get("next")
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ConfigError(f"errors rule for {action!r} needs next: an integer >= 0, got {count!r}")
+            if not isinstance(rule.get("code"), str) or not rule["code"]:
+                raise ConfigError(f"errors rule for {action!r} needs code: an AWS error code, e.g. {example}")
+            status = rule.get("status", 400)
+            if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
+                raise ConfigError(f"errors rule for {action!r}: status must be an HTTP error status, got {status!r}")
+            checked[str(action)] = {
+                "next": count,
+                "code": rule["code"],
+                "message": str(rule.get("message") or INJECTED_MESSAGES.get(rule["code"], f"Injected {rule['code']}")),
+                "status": status,
+            }
+        return checked
 
     def configure(self, updates: dict[str, Any]) -> dict[str, Any]:
         clean = self.validate(updates)
@@ -168,25 +206,32 @@ class SimState:
         with self.lock:
             self.calls.clear()
             self.throttled.clear()
+            self.injected.clear()
 
     def counters(self) -> dict[str, dict[str, int]]:
         with self.lock:
-            return {"calls": dict(self.calls), "throttled": dict(self.throttled)}
+            return {"calls": dict(self.calls), "throttled": dict(self.throttled), "injected": dict(self.injected)}
 
-    def record_call(self, service: str | None, action: str) -> bool:
-        """Count one API call; return True when it must be throttled.
+    def record_call(self, service: str | None, action: str) -> dict[str, Any] | None:
+        """Count one API call; return the fault to answer it with, if any.
 
-        Rules are keyed like the counters (``DescribeImages``, ``iam:CreateRole``, ``s3:PUT``);
-        ``"*"`` matches every EC2 action.
+        ``{"kind": "throttle"}`` or ``{"kind": "error", "code", "message", "status"}``. Rules are keyed
+        like the counters (``DescribeImages``, ``iam:CreateRole``, ``s3:PUT``); ``"*"`` matches every
+        EC2 action in ``throttle``. Injected errors apply to EC2 actions.
         """
         is_ec2 = service in (None, "ec2")
         key = action if is_ec2 else f"{service}:{action}"
         with self.lock:
             self.calls[key] += 1
+            error = self.config["errors"].get(key) if is_ec2 else None
+            if error is not None and error["next"] > 0:
+                error["next"] -= 1
+                self.injected[key] += 1
+                return {"kind": "error", **{k: error[k] for k in ("code", "message", "status")}}
             rules = self.config["throttle"]
             rule_key = key if key in rules else ("*" if "*" in rules and is_ec2 else None)
             if rule_key is None:
-                return False
+                return None
             rule = rules[rule_key]
             throttle = False
             if "next" in rule:
@@ -199,7 +244,8 @@ class SimState:
                 throttle = every > 0 and self._throttle_seen[rule_key] % every == 0
             if throttle:
                 self.throttled[key] += 1
-            return throttle
+                return {"kind": "throttle"}
+            return None
 
 
 STATE = SimState()
@@ -948,7 +994,7 @@ def import_image(self: EC2Response) -> ActionResult:
             if active >= limit:
                 raise EC2ClientError(
                     "ResourceCountLimitExceeded",
-                    f"You have reached the maximum number of active import image tasks ({limit}) in this Region.",
+                    INJECTED_MESSAGES["ResourceCountLimitExceeded"],
                 )
         task = ImportTask(
             task_id="import-ami-" + secrets.token_hex(9)[:17],
