@@ -857,3 +857,24 @@ def test_large_multipart_ova_is_read_from_moto_file_buffer(sim, tmp_path):
     task, _ = wait(sim.ec2, start(sim, "big.ova"))
     assert task["Status"] == "completed"
     assert task["SnapshotDetails"][0]["DiskImageSize"] > 10 << 20
+
+
+@pytest.mark.parametrize(("partition", "accepted"), [("aws-us-gov", True), ("aws", False)])
+def test_partition_of_the_region_is_used_in_arns(aws_clean, images, partition, accepted):
+    region = "us-gov-west-1"
+    aws_clean.configure(task_duration=0.5)
+    s3, iam, ec2 = (aws_clean.client(s, region=region) for s in ("s3", "iam", "ec2"))
+    s3.create_bucket(Bucket="gov-bucket", CreateBucketConfiguration={"LocationConstraint": region})
+    s3.upload_file(str(images["good.ova"]), "gov-bucket", "good.ova")
+    iam.create_role(RoleName="vmimport", AssumeRolePolicyDocument=json.dumps(TRUST_POLICY))
+    policy = role_policy("gov-bucket", partition=partition)
+    iam.put_role_policy(RoleName="vmimport", PolicyName="vmimport", PolicyDocument=json.dumps(policy))
+    task_id = ec2.import_image(
+        DiskContainers=[{"Format": "ova", "UserBucket": {"S3Bucket": "gov-bucket", "S3Key": "good.ova"}}]
+    )["ImportTaskId"]
+    task, _ = wait(ec2, task_id)
+    if accepted:
+        assert task["Status"] == "completed"
+        assert ec2.describe_images(ImageIds=[task["ImageId"]])["Images"][0]["Name"] == task_id
+    else:
+        assert (task["Status"], task["StatusMessage"]) == ("deleted", PERMISSION_DENIED)
