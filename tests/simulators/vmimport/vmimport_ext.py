@@ -722,7 +722,14 @@ def _refresh(backend: Any, now: float) -> None:
         for task in _tasks_of(backend).values():
             if task.image_id is None and task.failure is None and task.cancelled_at is None:
                 if task_phase(task, now)[0] == "completed":
-                    _finish(task, backend)
+                    try:
+                        _finish(task, backend)
+                    except Exception as exc:  # noqa: BLE001 - a simulator bug must not wedge every Describe
+                        import sys
+                        import traceback
+
+                        traceback.print_exc(file=sys.stderr)
+                        task.failure = checks.ImportFailure(f"ServerError: simulator could not register the AMI: {exc}")
 
 
 # --------------------------------------------------------------------------- serialisation
