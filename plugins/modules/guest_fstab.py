@@ -23,7 +23,7 @@ description:
   - Device ids come from C(blkid), or from O(devices) when given (a disk image prepared offline, or a guest whose
     file system will be recreated with known UUIDs).
 author:
-  - esxi2ami.migrate maintainers
+  - esxi2ami.migrate maintainers (@esxi2ami)
 options:
   path:
     description: The fstab to rewrite.
@@ -31,8 +31,8 @@ options:
     default: /etc/fstab
   devices:
     description:
-      - Known ids per device name, used instead of C(blkid) for those devices, for example
-        C({"/dev/sda1": {"UUID": "0a52...", "PARTUUID": "1234-01"}}).
+      - "Known ids per device name, used instead of C(blkid) for those devices, for example
+        C({\"/dev/sda1\": {\"UUID\": \"0a52...\", \"PARTUUID\": \"1234-01\"}})."
     type: dict
     default: {}
   backup_dir:

@@ -18,11 +18,11 @@ description:
   - "C(grub_d) style (Debian, Ubuntu): writes C(GRUB_DEFAULT) to C(/etc/default/grub.d/90-esxi2ami-default.cfg):
     C(0) when grub-mkconfig lists the stock kernel first (it is the newest installed), otherwise the menu path
     C(Advanced options for Debian GNU/Linux>Debian GNU/Linux, with Linux <version>). The caller regenerates
-    C(grub.cfg) (C(update-grub)) when RV(changed)."
+    C(grub.cfg) (C(update-grub)) when the module reports a change."
   - "C(grubby) style (RHEL, CentOS Stream, Rocky, Alma, Oracle Linux with BootLoaderSpec entries): runs
     C(grubby --set-default /boot/vmlinuz-<version>) when C(grubby --default-kernel) names another kernel."
 author:
-  - esxi2ami.migrate maintainers
+  - esxi2ami.migrate maintainers (@esxi2ami)
 options:
   kernel_version:
     description: Version of the stock kernel, as in C(/boot/vmlinuz-<version>), for example C(6.1.0-18-amd64).

@@ -28,7 +28,7 @@ description:
   - The first original of every file changed or removed is kept under O(backup_dir), with its path.
   - The module only writes files; it never restarts networking (that would cut the SSH connection of the run).
 author:
-  - esxi2ami.migrate maintainers
+  - esxi2ami.migrate maintainers (@esxi2ami)
 options:
   root:
     description:

@@ -275,7 +275,8 @@ def test_fstab_rewrite_keeps_stable_entries():
     assert "UUID=11111111-2222-3333-4444-555555555555 / ext4 errors=remount-ro 0 1\n" in new
     assert "# esxi2ami: was /dev/sda1\n" in new and "proc /proc proc defaults 0 0\n" in new
     assert "/dev/sdc1 /x ext4" in new
-    again, changes2, _ = boot.rewrite_fstab(new, ids.get)
+    again, changes2, unresolved2 = boot.rewrite_fstab(new, ids.get)
+    assert unresolved2 == ["/dev/sdc1"]
     assert again == new and changes2 == []
 
 

@@ -140,7 +140,9 @@ class Guest:
         if client:
             full["ESXI2AMI_HTTP_CLIENT"] = client
         full.update(env or {})
-        return subprocess.run(["/bin/sh", str(SCRIPT), *args], env=full, capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            ["/bin/sh", str(SCRIPT), *args], env=full, capture_output=True, text=True, timeout=120, check=False
+        )
 
     def block(self):
         lines = self.auth.read_text().splitlines()
@@ -352,7 +354,7 @@ def test_bad_configuration_is_named(tmp_path, conf, message):
     path = tmp_path / "ssh-keys.conf"
     path.write_text(conf)
     env = dict(os.environ, ESXI2AMI_SSH_KEYS_CONF=str(path))
-    res = subprocess.run(["/bin/sh", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(["/bin/sh", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == 2
     assert message in res.stderr
 
