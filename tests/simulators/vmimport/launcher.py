@@ -236,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = json.loads(args.config)
     sim = MotoVmImport(task_duration=args.task_duration, verbose=args.verbose, **settings)
+
+    def on_term(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
     sim.start()
     try:
         for key, value in sim.env.items():

@@ -878,3 +878,48 @@ def test_partition_of_the_region_is_used_in_arns(aws_clean, images, partition, a
         assert ec2.describe_images(ImageIds=[task["ImageId"]])["Images"][0]["Name"] == task_id
     else:
         assert (task["Status"], task["StatusMessage"]) == ("deleted", PERMISSION_DENIED)
+
+
+def test_cli_prints_exports_and_serves_until_stopped():
+    repo = Path(__file__).resolve().parents[3]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.simulators.vmimport.launcher",
+            "--task-duration",
+            "2",
+            "--config",
+            '{"max_active_tasks": 4}',
+        ],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        exports = {}
+        for _ in range(6):
+            line = proc.stdout.readline()
+            name, _, value = line.strip().removeprefix("export ").partition("=")
+            exports[name] = value
+        assert exports["AWS_DEFAULT_REGION"] == exports["AWS_REGION"] == "us-east-1"
+        assert exports["AWS_URL"] == exports["AWS_ENDPOINT_URL"]
+        import urllib.request
+
+        with urllib.request.urlopen(exports["AWS_URL"] + "/_vmimport/config", timeout=10) as resp:
+            config = json.load(resp)
+        assert (config["task_duration"], config["max_active_tasks"]) == (2.0, 4)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+    port = int(exports["AWS_URL"].rsplit(":", 1)[1])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the server goes with the CLI
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("server still listening after the CLI stopped")
