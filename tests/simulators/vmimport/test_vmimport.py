@@ -185,7 +185,7 @@ def test_vmdk_and_raw_disk_containers(sim, images):
         Platform="Linux",
         BootMode="uefi",
     )
-    task, _ = wait(sim.ec2, resp["ImportTaskId"])
+    task, _seen = wait(sim.ec2, resp["ImportTaskId"])
     assert task["Status"] == "completed"
     assert [d["Format"] for d in task["SnapshotDetails"]] == ["VMDK", "RAW"]
     assert [d["DeviceName"] for d in task["SnapshotDetails"]] == ["/dev/sda1", "/dev/sdf"]
@@ -196,9 +196,9 @@ def test_vmdk_and_raw_disk_containers(sim, images):
 
 
 def test_pax_tar_ova_and_windows_platform(sim, images):
-    task, _ = wait(sim.ec2, start(sim, upload(sim, images["pax.ova"])))
+    task, _seen = wait(sim.ec2, start(sim, upload(sim, images["pax.ova"])))
     assert task["Status"] == "completed"
-    task, _ = wait(sim.ec2, start(sim, upload(sim, images["windows.ova"]), Platform="Windows", LicenseType="AWS"))
+    task, _seen = wait(sim.ec2, start(sim, upload(sim, images["windows.ova"]), Platform="Windows", LicenseType="AWS"))
     assert task["Status"] == "completed"
     assert task["Platform"] == "Windows"
     assert sim.ec2.describe_images(ImageIds=[task["ImageId"]])["Images"][0]["Platform"] == "windows"
@@ -207,7 +207,7 @@ def test_pax_tar_ova_and_windows_platform(sim, images):
 def test_encrypted_import_uses_the_kms_key(sim, images):
     key_id = sim.aws.client("kms").create_key()["KeyMetadata"]["KeyId"]
     key = upload(sim, images["good.ova"])
-    task, _ = wait(sim.ec2, start(sim, key, Encrypted=True, KmsKeyId=key_id))
+    task, _seen = wait(sim.ec2, start(sim, key, Encrypted=True, KmsKeyId=key_id))
     assert task["Status"] == "completed"
     assert task["Encrypted"] is True
     assert task["KmsKeyId"] == key_id
@@ -218,7 +218,7 @@ def test_encrypted_import_uses_the_kms_key(sim, images):
         start(sim, key, Encrypted=True, KmsKeyId="11111111-2222-3333-4444-555555555555")
     assert client_error(excinfo)[0] == "InvalidParameter"
     # without KmsKeyId: the account's default EBS key
-    task, _ = wait(sim.ec2, start(sim, key, Encrypted=True))
+    task, _seen = wait(sim.ec2, start(sim, key, Encrypted=True))
     assert task["Status"] == "completed" and task["Encrypted"] is True and task["KmsKeyId"]
 
 
@@ -595,7 +595,7 @@ def test_cancel(sim, images):
 def test_throttling_next_n_calls(sim, images):
     ec2 = sim.aws.client("ec2", config=NO_RETRY)
     sim.aws.configure(throttle={"DescribeImportImageTasks": {"next": 2}})
-    for _ in range(2):
+    for _attempt in range(2):
         with pytest.raises(ClientError) as excinfo:
             ec2.describe_import_image_tasks()
         assert client_error(excinfo) == ("RequestLimitExceeded", "Request limit exceeded.")
@@ -615,7 +615,7 @@ def test_throttling_every_nth_call(sim):
     ec2 = sim.aws.client("ec2", config=NO_RETRY)
     sim.aws.configure(throttle={"*": {"every": 3}})
     outcomes = []
-    for _ in range(6):
+    for _attempt in range(6):
         try:
             ec2.describe_import_image_tasks()
             outcomes.append("ok")
@@ -648,7 +648,7 @@ def test_injected_errors(sim, images):
             "DescribeImportImageTasks": {"next": 1, "code": "InternalError", "status": 500},
         }
     )
-    for _ in range(2):
+    for _attempt in range(2):
         with pytest.raises(ClientError) as excinfo:
             start(sim, key)
         assert client_error(excinfo)[0] == "ResourceCountLimitExceeded"
@@ -702,7 +702,7 @@ def test_iam_propagation_delay(aws_clean, images):
 
 def test_counters_count_each_call(sim):
     sim.aws.reset_counters()
-    for _ in range(3):
+    for _attempt in range(3):
         sim.ec2.describe_import_image_tasks()
     sim.aws.client("sts").get_caller_identity()
     calls = sim.aws.counters()["calls"]
@@ -827,7 +827,7 @@ def test_ova_checks_read_only_what_they_need(images):
 
 def test_copy_image_of_an_imported_ami_copies_every_snapshot(sim, images):
     """Tools name the AMI by copying it (the import cannot name it) and deregister the original."""
-    task, _ = wait(sim.ec2, start(sim, upload(sim, images["two.ova"]), BootMode="uefi"))
+    task, _seen = wait(sim.ec2, start(sim, upload(sim, images["two.ova"]), BootMode="uefi"))
     source_snaps = [d["SnapshotId"] for d in task["SnapshotDetails"]]
     copy_id = sim.ec2.copy_image(SourceImageId=task["ImageId"], SourceRegion="us-east-1", Name="web-1")["ImageId"]
     copy = sim.ec2.describe_images(ImageIds=[copy_id])["Images"][0]
@@ -854,7 +854,7 @@ def test_large_multipart_ova_is_read_from_moto_file_buffer(sim, tmp_path):
     from boto3.s3.transfer import TransferConfig
 
     sim.s3.upload_file(str(ova), sim.bucket, "big.ova", Config=TransferConfig(multipart_threshold=5 << 20))
-    task, _ = wait(sim.ec2, start(sim, "big.ova"))
+    task, _seen = wait(sim.ec2, start(sim, "big.ova"))
     assert task["Status"] == "completed"
     assert task["SnapshotDetails"][0]["DiskImageSize"] > 10 << 20
 
@@ -872,7 +872,7 @@ def test_partition_of_the_region_is_used_in_arns(aws_clean, images, partition, a
     task_id = ec2.import_image(
         DiskContainers=[{"Format": "ova", "UserBucket": {"S3Bucket": "gov-bucket", "S3Key": "good.ova"}}]
     )["ImportTaskId"]
-    task, _ = wait(ec2, task_id)
+    task, _seen = wait(ec2, task_id)
     if accepted:
         assert task["Status"] == "completed"
         assert ec2.describe_images(ImageIds=[task["ImageId"]])["Images"][0]["Name"] == task_id
@@ -898,9 +898,9 @@ def test_cli_prints_exports_and_serves_until_stopped():
     )
     try:
         exports = {}
-        for _ in range(6):
+        for _attempt in range(6):
             line = proc.stdout.readline()
-            name, _, value = line.strip().removeprefix("export ").partition("=")
+            name, _eq, value = line.strip().removeprefix("export ").partition("=")
             exports[name] = value
         assert exports["AWS_DEFAULT_REGION"] == exports["AWS_REGION"] == "us-east-1"
         assert exports["AWS_URL"] == exports["AWS_ENDPOINT_URL"]
