@@ -603,6 +603,13 @@ class ImportTaskTimeout(VMImportError):
         VMImportError.__init__(self, text)
 
 
+def default_progress_path(remote_tmp, name, module="ec2_import_image"):
+    """``<remote_tmp>/esxi2ami.migrate/<module>-<name>.json``; remote_tmp as Ansible's (``~/.ansible/tmp``)."""
+    base = os.path.expanduser(os.path.expandvars(remote_tmp or "~/.ansible/tmp"))
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:100]
+    return os.path.join(base, "esxi2ami.migrate", "%s-%s.json" % (module, safe))
+
+
 class ProgressFile(object):
     """A small JSON file a role can poll while a module waits; replaced atomically on each write."""
 

@@ -27,7 +27,7 @@ description:
   - Optionally names the AMI (O(ami_name), by CopyImage; the intermediate image and its snapshots are removed and
     encryption is kept), requires IMDSv2 on it (O(imds_support)) and deletes the source objects (O(delete_source)).
 author:
-  - esxi2ami.migrate contributors
+  - esxi2ami.migrate maintainers (@esxi2ami)
 options:
   name:
     description:
@@ -48,7 +48,6 @@ options:
     description:
       - Key of the disk image in O(s3_bucket).
     type: str
-    no_log: false
   format:
     description:
       - Format of the disk image given by O(s3_url) or O(s3_bucket)/O(s3_key).
@@ -73,7 +72,6 @@ options:
       s3_key:
         description: Key of the disk image.
         type: str
-        no_log: false
       format:
         description: Format of the disk image; inferred from the key's extension when not set.
         type: str
@@ -132,7 +130,6 @@ options:
     description:
       - Symmetric KMS key (id, ARN, alias or alias ARN) for the encrypted snapshots. Requires O(encrypted=true).
     type: str
-    no_log: false
   role_name:
     description:
       - The service role VM Import uses, when not C(vmimport). Create it with M(esxi2ami.migrate.ec2_vmimport_role).
@@ -390,7 +387,6 @@ progress_file:
 """
 
 import datetime  # noqa: E402
-import os  # noqa: E402
 import re  # noqa: E402
 import time  # noqa: E402
 
@@ -416,6 +412,7 @@ from ansible_collections.esxi2ami.migrate.plugins.module_utils.vmimport import (
     call_with_retries,
     classify,
     client_token,
+    default_progress_path,
     error_code_and_message,
     hint_for,
     infer_format,
@@ -508,9 +505,7 @@ class ImportModule(object):
             return None
         if path:
             return path
-        base = os.path.expanduser(os.path.expandvars(self.module._remote_tmp or "~/.ansible/tmp"))
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", self.name)[:100]
-        return os.path.join(base, "esxi2ami.migrate", "ec2_import_image-%s.json" % safe)
+        return default_progress_path(self.module._remote_tmp, self.name)
 
     def elapsed(self):
         return round(time.monotonic() - self.started, 1)

@@ -28,7 +28,7 @@ description:
   - By default S3 locations and KMS keys already granted by the policy are kept (O(purge_locations=false)), so
     migrations from different buckets can share one role.
 author:
-  - esxi2ami.migrate contributors
+  - esxi2ami.migrate maintainers (@esxi2ami)
 options:
   name:
     description:
@@ -57,7 +57,6 @@ options:
     type: list
     elements: str
     default: []
-    no_log: false
   license_manager:
     description:
       - Allow the license-manager actions the service needs when

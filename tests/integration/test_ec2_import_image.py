@@ -11,7 +11,7 @@ import json
 import pytest
 
 from tests.integration.playbook import run_playbook
-from tests.simulators.vmimport.fixtures import aws, aws_clean  # noqa: F401
+from tests.simulators.vmimport.fixtures import aws, aws_clean  # noqa: F401  # pylint: disable=unused-import
 from tests.simulators.vmimport.ova_builder import build_ova, make_raw_disk
 
 IMPORT = "esxi2ami.migrate.ec2_import_image"
@@ -45,8 +45,9 @@ def sim(aws_clean, ovas):  # noqa: F811
     return aws_clean
 
 
-def role_task():
-    return {"name": "role", "esxi2ami.migrate.ec2_vmimport_role": {"s3_locations": [BUCKET + "/exports/"]}}
+def role_task(**params):
+    params.setdefault("s3_locations", [BUCKET + "/exports/"])
+    return {"name": "role", "esxi2ami.migrate.ec2_vmimport_role": params}
 
 
 def import_task(label="import", **params):
@@ -154,7 +155,7 @@ def test_failed_task_fails_at_once_with_message_and_hint(sim, ovas):
 
 
 def test_timeout_leaves_task_running_and_second_run_resumes(sim, tmp_path):
-    sim.configure(task_duration=8.0)
+    sim.configure(task_duration=15.0)
     progress = tmp_path / "p.json"
     res = run(sim, [role_task(), import_task(wait_timeout=1, progress_file=str(progress))])
     out = res.task("import")
@@ -224,10 +225,17 @@ def test_retries_throttling_and_role_propagation(sim):
 
 
 def test_waits_for_a_free_import_slot(sim):
-    sim.configure(max_active_tasks=1, task_duration=4.0)
-    res = run(sim, [role_task(), import_task(label="first", name="first", wait=False)])
-    ok(res, "first")
-    res = run(sim, [import_task(label="second", name="second", limit_wait_timeout=120)])
+    sim.configure(max_active_tasks=1, task_duration=8.0)
+    # one run: the first import takes the only slot, the second waits for it to free up
+    res = run(
+        sim,
+        [
+            role_task(),
+            import_task(label="first", name="first", wait=False),
+            import_task(label="second", name="second", limit_wait_timeout=120),
+        ],
+    )
+    assert ok(res, "first")["status"] == "active"
     out = ok(res, "second")
     assert out["status"] == "completed" and out["import_retries"]["import slot"] >= 1
     assert sim.counters()["calls"]["ImportImage"] >= 3  # first, refused at least once, then accepted
@@ -236,10 +244,19 @@ def test_waits_for_a_free_import_slot(sim):
 def test_ami_name_imds_and_delete_source(sim):
     ec2 = sim.client("ec2")
     s3 = sim.client("s3")
-    params = dict(ami_name="web01-migrated", imds_support="v2.0", delete_source=True, tags={"env": "prod"})
-    res = run(sim, [role_task(), import_task(**params)])
+    key_arn = sim.client("kms").create_key(Description="AMI key")["KeyMetadata"]["Arn"]
+    params = dict(
+        ami_name="web01-migrated",
+        imds_support="v2.0",
+        delete_source=True,
+        tags={"env": "prod"},
+        encrypted=True,
+        kms_key_id=key_arn,
+    )
+    res = run(sim, [role_task(kms_key_arns=[key_arn]), import_task(**params)])
     out = ok(res)
     assert out["changed"] is True and out["ami_name"] == "web01-migrated"
+    assert out["task"]["encrypted"] is True and out["task"]["kms_key_id"] == key_arn
     intermediate = out["task"]["image_id"]
     assert out["image_id"] != intermediate
     assert ec2.describe_images(Filters=[{"Name": "image-id", "Values": [intermediate]}])["Images"] == []

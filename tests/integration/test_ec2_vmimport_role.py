@@ -8,7 +8,7 @@ evaluates the trust and permissions policies the way the real one does.
 import json
 
 from tests.integration.playbook import run_playbook
-from tests.simulators.vmimport.fixtures import aws, aws_clean  # noqa: F401
+from tests.simulators.vmimport.fixtures import aws, aws_clean  # noqa: F401  # pylint: disable=unused-import
 
 ROLE = "esxi2ami.migrate.ec2_vmimport_role"
 
