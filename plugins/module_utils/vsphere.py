@@ -316,46 +316,7 @@ class VSphereClient(object):
 
     def download(self, url, chunk_size=1 << 20, timeout=300):
         """Yield the bytes of an NFC device URL, with this session's cookie and the API's TLS verification."""
-        url = self.nfc_url(url)
-        parts = urlsplit(url)
-        # Name the file, not the whole URL: its path carries the lease's session-bound id.
-        what = "%s from %s" % (parts.path.rsplit("/", 1)[-1], parts.netloc)
-        if parts.scheme != "https":
-            raise VSphereError("refusing to download a disk over %s: %s" % (parts.scheme, url))
-        conn = http.client.HTTPSConnection(parts.hostname, parts.port or 443, context=self.ssl_context, timeout=timeout)
-        path = parts.path + ("?" + parts.query if parts.query else "")
-        done = 0
-        try:
-            conn.request(
-                "GET",
-                path,
-                headers={"Cookie": self.session_cookie, "Accept": "application/x-vnd.vmware-streamVmdk"},
-            )
-            resp = conn.getresponse()
-            if resp.status != 200:
-                raise VSphereError(
-                    "downloading %s failed: HTTP %d %s %s" % (what, resp.status, resp.reason, resp.read(300)[:300])
-                )
-            expected = resp.length
-            while True:
-                data = resp.read(chunk_size)
-                if not data:
-                    break
-                done += len(data)
-                yield data
-            if expected is not None and done < expected:
-                raise VSphereError("download of %s ended after %d of %d bytes" % (what, done, expected))
-        except ssl.SSLError as exc:
-            raise VSphereError(
-                "TLS verification of the disk download from %s failed (%s); validate_certs applies to downloads too"
-                % (what, exc)
-            ) from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise VSphereError(
-                "download of %s failed after %d bytes: %s" % (what, done, fault_message(exc) or type(exc).__name__)
-            ) from None
-        finally:
-            conn.close()
+        return nfc_download(self.nfc_url(url), self.session_cookie, self.ssl_context, chunk_size, timeout)
 
     def create_descriptor(self, vm, name, files, description=""):
         """OvfManager.CreateDescriptor for ``vm``; files: [(device key, path in the OVA, size)]."""
@@ -373,6 +334,49 @@ class VSphereClient(object):
                 "CreateDescriptor for VM %r failed: %s" % (vm.name, "; ".join(fault_message(e) for e in res.error))
             )
         return res.ovfDescriptor
+
+
+def nfc_download(url, cookie, context, chunk_size=1 << 20, timeout=300):
+    """Yield the body of an NFC (disk) URL in chunks; raise VSphereError on anything short of the whole body.
+
+    ``context`` is the TLS context of the API connection, so validate_certs covers downloads too.
+    Proxies from the environment are not used: the disk goes straight from the host.
+    """
+    parts = urlsplit(url)
+    # Name the file, not the whole URL: its path carries the lease's session-bound id.
+    what = "%s from %s" % (parts.path.rsplit("/", 1)[-1], parts.netloc)
+    if parts.scheme != "https":
+        raise VSphereError("refusing to download %s over %s: only https is supported" % (what, parts.scheme))
+    conn = http.client.HTTPSConnection(parts.hostname, parts.port or 443, context=context, timeout=timeout)
+    path = parts.path + ("?" + parts.query if parts.query else "")
+    done = 0
+    try:
+        conn.request("GET", path, headers={"Cookie": cookie, "Accept": "application/x-vnd.vmware-streamVmdk"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise VSphereError(
+                "downloading %s failed: HTTP %d %s %s" % (what, resp.status, resp.reason, resp.read(300)[:300])
+            )
+        expected = resp.length
+        while True:
+            data = resp.read(chunk_size)
+            if not data:
+                break
+            done += len(data)
+            yield data
+        if expected is not None and done < expected:
+            raise VSphereError("download of %s ended after %d of %d bytes" % (what, done, expected))
+    except ssl.SSLCertVerificationError as exc:
+        raise VSphereError(
+            "TLS verification of the disk download %s failed (%s); validate_certs applies to downloads too"
+            % (what, exc.verify_message or exc)
+        ) from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise VSphereError(
+            "download of %s failed after %d bytes: %s" % (what, done, fault_message(exc) or type(exc).__name__)
+        ) from None
+    finally:
+        conn.close()
 
 
 class ExportLease(object):

@@ -467,12 +467,33 @@ class Destination:
         return found
 
     def check_writable(self):
-        if not self.is_s3:
-            parent = os.path.dirname(self.path) or "."
-            if not os.path.isdir(parent):
-                raise ValueError("the directory of dest %r does not exist: create %s first" % (self.dest, parent))
-            if os.path.isdir(self.path):
-                raise ValueError("dest %r is a directory: give the path of the .ova file" % self.dest)
+        """Fail before the VM is touched when the destination cannot take the OVA."""
+        if self.is_s3:
+            try:
+                self.s3.head_bucket(Bucket=self.bucket, **self._owner())
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code"))
+                if code in ("404", "NoSuchBucket", "NotFound"):
+                    raise ValueError("bucket %r does not exist: create it first" % self.bucket) from None
+                if code in ("403", "AccessDenied", "Forbidden"):
+                    raise ValueError(
+                        "access to bucket %r is denied%s: check the credentials' S3 permissions"
+                        % (
+                            self.bucket,
+                            " or it is not owned by account %s" % self.module.params["expected_bucket_owner"]
+                            if self.module.params.get("expected_bucket_owner")
+                            else "",
+                        )
+                    ) from None
+                raise
+            return
+        parent = os.path.dirname(self.path) or "."
+        if not os.path.isdir(parent):
+            raise ValueError("the directory of dest %r does not exist: create %s first" % (self.dest, parent))
+        if os.path.isdir(self.path):
+            raise ValueError("dest %r is a directory: give the path of the .ova file" % self.dest)
+        if not os.access(parent, os.W_OK):
+            raise ValueError("cannot write to %s (dest %r): check its permissions" % (parent, self.dest))
 
     def make_sink(self, facts, state):
         p = self.module.params

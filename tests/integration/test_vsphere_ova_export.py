@@ -334,11 +334,14 @@ def test_bad_dest_is_named(aws_clean, tmp_path, sim):  # noqa: F811
                 MODULE: dict(name=TWO_DISK_VM, dest=str(tmp_path / "x" / "y.ova")),
                 "ignore_errors": True,
             },
+            {"name": "no bucket", MODULE: dict(name=TWO_DISK_VM, dest="s3://nope/y.ova"), "ignore_errors": True},
         ],
         env=_env(sim, aws_clean),
     )
     assert "must look like s3://bucket/key.ova" in res.task("export")["msg"]
     assert "does not exist" in res.task("no dir")["msg"]
+    assert "bucket 'nope' does not exist: create it first" in res.task("no bucket")["msg"]
+    # All found out before the VM was touched.
     assert _vm(sim, TWO_DISK_VM).runtime.powerState == "poweredOn"
 
 
@@ -358,3 +361,12 @@ def test_ova_reader_reads_the_export(tmp_path):
     with tarfile.open(path) as tar:
         assert [(m.name, m.size) for m in tar.getmembers()] == [(m["name"], m["size"]) for m in facts["members"]]
     assert res["size"] == size
+
+
+def test_tls_verification_is_on_by_default(aws_clean, sim, tmp_path):  # noqa: F811
+    env = _env(sim, aws_clean)
+    del env["VMWARE_VALIDATE_CERTS"]
+    res = run_playbook([_export(dest=str(tmp_path / "v.ova"))], env=env)
+    out = _result(res)
+    assert out["failed"] and "TLS verification of 127.0.0.1:%d failed" % sim.port in out["msg"], out["msg"]
+    assert _vm(sim, TWO_DISK_VM).runtime.powerState == "poweredOn"
