@@ -31,7 +31,9 @@ import os
 import re
 import struct
 import tarfile
+import uuid
 import xml.etree.ElementTree as ET  # noqa: N817 - the usual name
+import zlib
 
 BLOCK = 512
 EOF_BLOCKS = b"\0" * (2 * BLOCK)
@@ -454,6 +456,188 @@ def parse_vmdk_header(data):
     }
 
 
+GD_AT_END = 0xFFFFFFFFFFFFFFFF
+ESP_TYPE_GUID = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+FALLBACK_LOADERS = {"x86_64": "BOOTX64.EFI", "i386": "BOOTIA32.EFI", "arm64": "BOOTAA64.EFI"}
+
+
+class StreamVmdk:
+    """Sector reads of the virtual disk inside a stream-optimized VMDK, through ``read(offset, length)``.
+
+    Only the grain directory, the grain tables needed and the grains asked for are read (and inflated),
+    so looking at a partition table or a small file system costs a few ranged reads.
+    """
+
+    def __init__(self, read, size):
+        self._read = read
+        header = read(0, BLOCK)
+        if len(header) < VMDK_HEADER.size or header[:4] != VMDK_MAGIC:
+            raise OvaError("not a VMDK sparse extent")
+        fields = VMDK_HEADER.unpack_from(header)
+        self.capacity = fields[3]
+        self.grain = fields[4]
+        self.gtes = fields[7] or 512
+        gd_offset = fields[9]
+        if gd_offset == GD_AT_END:  # streamed: the footer, just before the end-of-stream marker, has it
+            footer = read(size - 2 * BLOCK, BLOCK)
+            if footer[:4] != VMDK_MAGIC:
+                raise OvaError("stream-optimized VMDK without a footer")
+            gd_offset = VMDK_HEADER.unpack_from(footer)[9]
+        tables = -(-self.capacity // (self.grain * self.gtes))
+        raw = read(gd_offset * BLOCK, tables * 4)
+        self.gd = struct.unpack("<%dI" % tables, raw[: tables * 4])
+        self._gt = {}
+        self._grains = {}
+
+    def _grain(self, number):
+        if number in self._grains:
+            return self._grains[number]
+        table, index = divmod(number, self.gtes)
+        if table >= len(self.gd) or not self.gd[table]:
+            return None
+        if table not in self._gt:
+            raw = self._read(self.gd[table] * BLOCK, self.gtes * 4)
+            self._gt[table] = struct.unpack("<%dI" % self.gtes, raw)
+        sector = self._gt[table][index]
+        if sector in (0, 1):
+            return None
+        marker = self._read(sector * BLOCK, 12)
+        length = struct.unpack_from("<I", marker, 8)[0]
+        data = zlib.decompress(self._read(sector * BLOCK + 12, length))
+        if len(self._grains) > 64:
+            self._grains.clear()
+        self._grains[number] = data
+        return data
+
+    def read_sectors(self, lba, count):
+        out = bytearray()
+        grain_bytes = self.grain * BLOCK
+        for sector in range(lba, lba + count):
+            number, within = divmod(sector, self.grain)
+            data = self._grain(number)
+            if data is None:
+                out += b"\0" * BLOCK
+            else:
+                start = within * BLOCK
+                out += data[start : start + BLOCK].ljust(BLOCK, b"\0") if start < grain_bytes else b"\0" * BLOCK
+        return bytes(out)
+
+
+def _esp_start(disk):
+    """First LBA of the EFI system partition (GPT type or MBR type 0xEF), or None."""
+    lba1 = disk.read_sectors(1, 1)
+    if lba1[:8] == b"EFI PART":
+        entries_lba, count, entry_size = struct.unpack_from("<QII", lba1, 72)
+        raw = disk.read_sectors(entries_lba, -(-min(count, 128) * entry_size // BLOCK))
+        for i in range(min(count, 128)):
+            entry = raw[i * entry_size : (i + 1) * entry_size]
+            if len(entry) < 48:
+                break
+            if str(uuid.UUID(bytes_le=entry[:16])) == ESP_TYPE_GUID:
+                return struct.unpack_from("<Q", entry, 32)[0]
+        return None
+    mbr = disk.read_sectors(0, 1)
+    if mbr[510:512] == b"\x55\xaa":
+        for i in range(4):
+            entry = mbr[446 + 16 * i : 462 + 16 * i]
+            if entry[4] == 0xEF:
+                return struct.unpack_from("<I", entry, 8)[0]
+    return None
+
+
+class _Fat:
+    """Just enough FAT12/16/32 to follow directories by their 8.3 names."""
+
+    def __init__(self, disk, start):
+        self.disk = disk
+        self.start = start
+        bpb = disk.read_sectors(start, 1)
+        if bpb[510:512] != b"\x55\xaa":
+            raise OvaError("no FAT boot sector")
+        self.sector_size, self.per_cluster, reserved, fats, root_entries, total16 = struct.unpack_from(
+            "<HBHBHH", bpb, 11
+        )
+        if self.sector_size != BLOCK or not self.per_cluster:
+            raise OvaError("unsupported FAT geometry")
+        fat16 = struct.unpack_from("<H", bpb, 22)[0]
+        total = total16 or struct.unpack_from("<I", bpb, 32)[0]
+        fat_size = fat16 or struct.unpack_from("<I", bpb, 36)[0]
+        self.fat_start = start + reserved
+        root_sectors = -(-root_entries * 32 // BLOCK)
+        self.root_start = self.fat_start + fats * fat_size
+        self.data_start = self.root_start + root_sectors
+        clusters = (total - (self.data_start - start)) // self.per_cluster
+        self.bits = 12 if clusters < 4085 else 16 if clusters < 65525 else 32
+        self.root = ("fixed", root_sectors) if self.bits != 32 else ("chain", struct.unpack_from("<I", bpb, 44)[0])
+
+    def _next(self, cluster):
+        offset = cluster * self.bits // 8
+        sector, within = divmod(offset, BLOCK)
+        raw = self.disk.read_sectors(self.fat_start + sector, 2)
+        if self.bits == 32:
+            return struct.unpack_from("<I", raw, within)[0] & 0x0FFFFFFF
+        if self.bits == 16:
+            return struct.unpack_from("<H", raw, within)[0]
+        value = struct.unpack_from("<H", raw, within)[0]
+        return value >> 4 if cluster & 1 else value & 0xFFF
+
+    def _chain(self, cluster):
+        end = {12: 0xFF8, 16: 0xFFF8, 32: 0x0FFFFFF8}[self.bits]
+        for _i in range(4096):  # directories this deep into an ESP do not exist; stop on loops
+            if cluster < 2 or cluster >= end:
+                return
+            yield cluster
+            cluster = self._next(cluster)
+
+    def _entries(self, where):
+        if where[0] == "fixed":
+            blocks = [self.disk.read_sectors(self.root_start, where[1])]
+        else:
+            blocks = (
+                self.disk.read_sectors(self.data_start + (c - 2) * self.per_cluster, self.per_cluster)
+                for c in self._chain(where[1])
+            )
+        for block in blocks:
+            for i in range(0, len(block), 32):
+                entry = block[i : i + 32]
+                if entry[0] == 0:
+                    return
+                if entry[0] == 0xE5 or entry[11] == 0x0F:  # deleted, long-name part
+                    continue
+                name = entry[:8].decode("latin-1").rstrip() + "." + entry[8:11].decode("latin-1").rstrip()
+                cluster = (struct.unpack_from("<H", entry, 20)[0] << 16) | struct.unpack_from("<H", entry, 26)[0]
+                yield name.rstrip(".").upper(), bool(entry[11] & 0x10), cluster
+
+    def exists(self, path):
+        where = self.root
+        parts = path.upper().split("/")
+        for depth, part in enumerate(parts):
+            for name, is_dir, cluster in self._entries(where):
+                if name == part:
+                    if depth == len(parts) - 1:
+                        return True
+                    if not is_dir:
+                        return False
+                    where = ("chain", cluster)
+                    break
+            else:
+                return False
+        return False
+
+
+def efi_fallback_loader(read, size, architecture="x86_64"):
+    """Whether the boot disk's EFI system partition has EFI/BOOT/BOOT<arch>.EFI: True, False, or None (unknown)."""
+    loader = FALLBACK_LOADERS.get(architecture, "BOOTX64.EFI")
+    try:
+        disk = StreamVmdk(read, size)
+        start = _esp_start(disk)
+        if start is None:
+            return None
+        return _Fat(disk, start).exists("EFI/BOOT/" + loader)
+    except (OvaError, struct.error, zlib.error, ValueError):
+        return None
+
+
 class Member:
     def __init__(self, name, header_offset, offset, size, fmt, pax=False):
         self.name = name
@@ -642,6 +826,18 @@ def inspect_ova(read, size, verify_manifest=False):
                 % (disk["href"], disk["capacity"])
             )
         result["disks"].append(info)
+    if ovf.firmware == "efi" and result["disks"] and result["disks"][0]["stream_optimized"]:
+        boot = reader.member(result["disks"][0]["name"])
+        found = efi_fallback_loader(
+            lambda off, n: reader.read(boot.offset + off, max(0, min(n, boot.size - off))), boot.size, ovf.architecture
+        )
+        result["efi_fallback_loader"] = found
+        if found is False:
+            problems.append(
+                "the VM boots with EFI firmware, but the EFI system partition of %r has no EFI/BOOT/%s: VM Import "
+                "needs that fallback loader to boot it (grub-install --removable, or copy the distribution's loader)"
+                % (boot.name, FALLBACK_LOADERS.get(ovf.architecture, "BOOTX64.EFI"))
+            )
     disk_files = {d["href"] for d in ovf.disks}
     for ref in ovf.files.values():
         if ref["href"] and ref["href"] not in disk_files and reader.member(ref["href"]) is None:

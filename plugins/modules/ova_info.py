@@ -32,14 +32,16 @@ options:
       - Fail when VM Import would reject the OVA, naming every reason found.
       - Checked are the descriptor being the first member, disks referenced but missing, disks that are not
         stream-optimized VMDKs, more than 21 disks, disks of 16 TiB or more, PAX tar headers, guest OS families VM
-        Import does not support, a size in the descriptor that differs from the archive, and (local files) manifest
-        mismatches.
+        Import does not support, a size in the descriptor that differs from the archive, files the descriptor
+        references but the archive lacks (an ISO left attached), an EFI guest without the fallback loader, and (local
+        files) manifest mismatches.
       - Without it the problems are returned in RV(problems) and the module does not fail.
     type: bool
     default: false
 notes:
-  - Whether an EFI guest has the fallback loader C(EFI/BOOT/BOOTX64.EFI) is not detected; the disks' file systems
-    are not read.
+  - For an EFI guest the EFI system partition of the first disk (GPT or MBR, FAT12/16/32) is looked at for the
+    fallback loader C(EFI/BOOT/BOOTX64.EFI) (C(BOOTAA64.EFI) on arm64), reading only the grains needed. Other file
+    systems on the disks are not read.
   - Needs C(boto3) for S3 sources; the permission needed is C(s3:GetObject) on the key.
 extends_documentation_fragment:
   - amazon.aws.common.modules
@@ -186,6 +188,13 @@ manifest:
       type: list
       elements: str
       sample: []
+efi_fallback_loader:
+  description:
+    - For an EFI guest, whether the first disk's EFI system partition has the fallback loader; null when that could
+      not be determined (no EFI system partition found, or a file system the module cannot read).
+  returned: when the firmware is EFI
+  type: bool
+  sample: true
 problems:
   description: The reasons VM Import would reject the OVA; empty when none were found.
   returned: always

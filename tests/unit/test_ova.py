@@ -268,3 +268,83 @@ def test_writer_and_tarfile_agree_on_bytes(tmp_path):
             info.uname = info.gname = ""
             tar.addfile(info, io.BytesIO(data))
     assert buf.getvalue()[: path.stat().st_size] == path.read_bytes()
+
+
+needs_fat_tools = pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("qemu-img", "sfdisk", "mkfs.fat", "mmd", "mcopy")),
+    reason="needs qemu-img, sfdisk (util-linux), mkfs.fat (dosfstools) and mtools",
+)
+ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+
+
+def _efi_disk(tmp_path, name, loader=True, esp=True, fat="32"):
+    """A GPT disk whose EFI system partition (FAT) has, or lacks, EFI/BOOT/BOOTX64.EFI; as a stream-optimized VMDK."""
+    import subprocess  # noqa: PLC0415
+
+    raw = tmp_path / (name + ".raw")
+    with open(raw, "wb") as f:
+        f.truncate(64 << 20)
+    # 48 MiB ESP: enough clusters for FAT32 with 512-byte clusters, and for FAT16 with 2 KiB ones.
+    table = "label: gpt\nstart=2048, size=98304, type=%s\nstart=100352, type=%s\n" % (ESP if esp else LINUX, LINUX)
+    subprocess.run(["sfdisk", "-q", str(raw)], input=table.encode(), check=True)
+    per_cluster = "1" if fat == "32" else "4"
+    subprocess.run(
+        ["mkfs.fat", "-F", fat, "-s", per_cluster, "--offset", "2048", str(raw), "49152"],
+        check=True,
+        capture_output=True,
+    )
+    image = "%s@@1M" % raw
+    subprocess.run(["mmd", "-i", image, "::/EFI", "::/EFI/BOOT", "::/EFI/debian"], check=True)
+    (tmp_path / "loader.efi").write_bytes(b"MZ" + os.urandom(3000))
+    target = "::/EFI/BOOT/BOOTX64.EFI" if loader else "::/EFI/debian/grubx64.efi"
+    subprocess.run(["mcopy", "-i", image, str(tmp_path / "loader.efi"), target], check=True)
+    return make_vmdk(raw, tmp_path / (name + ".vmdk"))
+
+
+def _efi_ova(tmp_path, vmdk):
+    data = vmdk.read_bytes()
+    text = _descriptor([("vm-disk1.vmdk", len(data), 64 << 20)]).replace(
+        "</VirtualHardwareSection>",
+        '<vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="efi"/></VirtualHardwareSection>',
+    )
+    path = tmp_path / ("%s.ova" % vmdk.stem)
+    _write(path, [("vm-disk1.vmdk", data)], descriptor=text)
+    read, size = ova.file_reader(str(path))
+    return ova.inspect_ova(read, size)
+
+
+@needs_fat_tools
+@pytest.mark.parametrize("fat", ["32", "16"])
+def test_efi_with_the_fallback_loader_passes(tmp_path, fat):
+    facts = _efi_ova(tmp_path, _efi_disk(tmp_path, "good", fat=fat))
+    assert facts["boot_mode"] == "uefi" and facts["efi_fallback_loader"] is True
+    assert facts["problems"] == []
+
+
+@needs_fat_tools
+def test_efi_without_the_fallback_loader_is_a_problem(tmp_path):
+    facts = _efi_ova(tmp_path, _efi_disk(tmp_path, "noloader", loader=False))
+    assert facts["efi_fallback_loader"] is False
+    assert any("has no EFI/BOOT/BOOTX64.EFI" in p for p in facts["problems"]), facts["problems"]
+
+
+@needs_fat_tools
+def test_efi_without_an_esp_is_unknown_not_a_problem(tmp_path):
+    facts = _efi_ova(tmp_path, _efi_disk(tmp_path, "noesp", esp=False))
+    assert facts["efi_fallback_loader"] is None and facts["problems"] == []
+
+
+@needs_fat_tools
+def test_grain_directory_at_the_end_as_esxi_streams_it(tmp_path):
+    """ESXi writes the grain directory after the grains (header gdOffset = -1) and a footer with the real one."""
+    vmdk = _efi_disk(tmp_path, "streamed")
+    data = bytearray(vmdk.read_bytes())
+    footer = bytes(data[:512])
+    data[56:64] = (0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")  # header gdOffset: at end
+    marker = bytearray(512)
+    marker[12:16] = (3).to_bytes(4, "little")  # footer marker
+    data += bytes(marker) + footer + bytes(512)  # footer marker, footer, end-of-stream marker
+    vmdk.write_bytes(bytes(data))
+    read, size = ova.file_reader(str(vmdk))
+    assert ova.efi_fallback_loader(read, size) is True
