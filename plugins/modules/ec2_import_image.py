@@ -605,7 +605,17 @@ class ImportModule(object):
         tasks = []
         kwargs = {"Filters": [{"Name": "tag:Name", "Values": [self.name]}]}
         while True:
-            page = self.aws("list import tasks named %s" % self.name, self.ec2.describe_import_image_tasks, **kwargs)
+            try:
+                page = self.ec2.describe_import_image_tasks(aws_retry=True, **kwargs)
+            except is_boto3_error_code(["InvalidFilter", "InvalidParameterValue"]):
+                # The API reference documents only the task-state filter: where tag filters are refused,
+                # list every task (the Name tag is checked below anyway).
+                if "Filters" not in kwargs:
+                    raise
+                tasks, kwargs = [], {}
+                continue
+            except _aws_errors() as e:  # pylint: disable=duplicate-except
+                self.fail("Could not list import tasks named %s" % self.name, exception=e)
             tasks.extend(t for t in page.get("ImportImageTasks", []) if task_tags(t).get("Name") == self.name)
             if not page.get("NextToken"):
                 return tasks

@@ -53,6 +53,8 @@ def role_task(**params):
 def import_task(label="import", **params):
     params.setdefault("name", "web01")
     params.setdefault("s3_url", URL)
+    if params["s3_url"] is None:
+        del params["s3_url"]  # a null option still counts as given for mutually_exclusive
     params.setdefault("poll_interval", 0.5)
     params.setdefault("wait_timeout", 300)
     return {"name": label, IMPORT: params, "register": "out", "ignore_errors": True}
@@ -284,6 +286,28 @@ def test_ami_name_imds_and_delete_source(sim):
     assert calls(sim, "CopyImage") == 1 and calls(sim, "ImportImage") == 1
 
 
+def test_disk_containers_two_raw_disks(sim, tmp_path):
+    s3 = sim.client("s3")
+    ec2 = sim.client("ec2")
+    for index, content in enumerate((b"boot", b"data")):
+        disk = make_raw_disk(tmp_path / ("disk%d.raw" % index), content=content)
+        s3.put_object(Bucket=BUCKET, Key="exports/legacy02/disk%d.raw" % index, Body=disk.read_bytes())
+    containers = [
+        {"s3_url": "s3://%s/exports/legacy02/disk0.raw" % BUCKET, "device_name": "/dev/sda1"},
+        {"s3_bucket": BUCKET, "s3_key": "exports/legacy02/disk1.raw", "format": "raw", "description": "data"},
+    ]
+    res = run(sim, [role_task(), import_task(name="legacy02", s3_url=None, disk_containers=containers)])
+    out = ok(res)
+    assert out["status"] == "completed" and len(out["snapshot_ids"]) == 2
+    assert out["sources"] == [
+        "s3://%s/exports/legacy02/disk0.raw" % BUCKET,
+        "s3://%s/exports/legacy02/disk1.raw" % BUCKET,
+    ]
+    assert [d["format"] for d in out["task"]["snapshot_details"]] == ["RAW", "RAW"]
+    for snapshot_id in out["snapshot_ids"]:
+        assert tags_of(ec2, snapshot_id) == {"Name": "legacy02"}
+
+
 def test_bad_input_fails_before_any_call(sim):
     res = run(
         sim,
@@ -294,6 +318,12 @@ def test_bad_input_fails_before_any_call(sim):
             import_task(label="both-licenses", license_type="BYOL", usage_operation="RunInstances:0010"),
             import_task(label="kms", kms_key_id="alias/x"),
             import_task(label="no-source", s3_url=None),
+            import_task(
+                label="ova-and-more",
+                s3_url=None,
+                disk_containers=[{"s3_url": URL}, {"s3_url": "s3://%s/exports/d1.vmdk" % BUCKET}],
+            ),
+            import_task(label="half-container", s3_url=None, disk_containers=[{"s3_bucket": BUCKET}]),
         ],
     )
     assert "only s3:// URLs" in res.task("scheme")["msg"]
@@ -302,6 +332,8 @@ def test_bad_input_fails_before_any_call(sim):
     assert "mutually exclusive" in res.task("both-licenses")["msg"]
     assert "encrypted" in res.task("kms")["msg"]
     assert "s3_url" in res.task("no-source")["msg"]
-    for name in ("scheme", "folder", "format", "both-licenses", "kms", "no-source"):
+    assert "OVA must be the only disk container" in res.task("ova-and-more")["msg"]
+    assert "disk_containers[0]" in res.task("half-container")["msg"]
+    for name in ("scheme", "folder", "format", "both-licenses", "kms", "no-source", "ova-and-more", "half-container"):
         assert res.task(name)["failed"] is True
     assert calls(sim, "ImportImage") == 0
