@@ -138,6 +138,7 @@ options:
     description:
       - Tags for the import task, the AMI and every snapshot, besides C(Name) (which is always O(name)).
       - Tags are added or updated; other tags on the AMI and snapshots are left alone.
+      - A C(Name) key, if given, must equal O(name); keys starting with C(aws:) are refused.
     type: dict
     default: {}
     aliases: [resource_tags]
@@ -1115,6 +1116,16 @@ def main():
         module.fail_json(msg="license_type AWS is not available for Linux images: use BYOL or leave it unset")
     if p["wait_timeout"] < 0 or p["limit_wait_timeout"] < 0:
         module.fail_json(msg="wait_timeout and limit_wait_timeout must be 0 or more seconds")
+    if not p["name"].strip() or len(p["name"]) > 256:
+        module.fail_json(
+            msg="name must be 1-256 characters: it becomes the Name tag of the task, the AMI and snapshots"
+        )
+    tags = p["tags"] or {}
+    if "Name" in tags and str(tags["Name"]) != p["name"]:
+        module.fail_json(msg="tags: Name is always the name option (%r); remove Name from tags" % p["name"])
+    reserved = sorted(k for k in tags if str(k).lower().startswith("aws:"))
+    if reserved:
+        module.fail_json(msg="tags: keys starting with aws: are reserved by AWS: %s" % ", ".join(reserved))
     if p["poll_interval"] <= 0:
         module.fail_json(msg="poll_interval must be more than 0 seconds")
     if p["ami_name"] is not None and not re.match(r"^[A-Za-z0-9()\[\] ./'@_-]{3,128}$", p["ami_name"]):

@@ -324,6 +324,7 @@ def test_bad_input_fails_before_any_call(sim):
                 disk_containers=[{"s3_url": URL}, {"s3_url": "s3://%s/exports/d1.vmdk" % BUCKET}],
             ),
             import_task(label="half-container", s3_url=None, disk_containers=[{"s3_bucket": BUCKET}]),
+            import_task(label="name-tag", tags={"Name": "other"}),
         ],
     )
     assert "only s3:// URLs" in res.task("scheme")["msg"]
@@ -334,6 +335,8 @@ def test_bad_input_fails_before_any_call(sim):
     assert "s3_url" in res.task("no-source")["msg"]
     assert "OVA must be the only disk container" in res.task("ova-and-more")["msg"]
     assert "disk_containers[0]" in res.task("half-container")["msg"]
-    for name in ("scheme", "folder", "format", "both-licenses", "kms", "no-source", "ova-and-more", "half-container"):
+    assert "remove Name from tags" in res.task("name-tag")["msg"]
+    labels = ("scheme", "folder", "format", "both-licenses", "kms", "no-source", "ova-and-more", "half-container")
+    for name in labels + ("name-tag",):
         assert res.task(name)["failed"] is True
     assert calls(sim, "ImportImage") == 0
