@@ -144,6 +144,9 @@ notes:
   - The S3 permissions needed are C(s3:PutObject), C(s3:AbortMultipartUpload) and, for O(overwrite=different),
     C(s3:GetObject) (HeadObject) on the key; with KMS, C(kms:GenerateDataKey) on the key.
   - Needs C(pyvmomi) and C(boto3) on the host that runs the module.
+  - SIGTERM (a cancelled AWX job) aborts the upload and the lease like any failure. A process killed with SIGKILL
+    cannot clean up; an C(AbortIncompleteMultipartUpload) lifecycle rule on the bucket removes what such a kill
+    leaves behind.
 extends_documentation_fragment:
   - esxi2ami.migrate.vmware
   - amazon.aws.common.modules
@@ -334,6 +337,7 @@ msg:
 import errno  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import signal  # noqa: E402
 import time  # noqa: E402
 
 from ansible.module_utils.common.text.converters import to_native  # noqa: E402
@@ -614,6 +618,9 @@ def run(module, client, left):
                     "etag": current.get("etag"),
                     "version_id": current.get("version_id"),
                 }
+            ProgressFile(p["progress_file"], p["dest"]).update(
+                result["size"], result["size"], phase="unchanged", force=True
+            )
             result["msg"] = "%s already holds VM %s (uuid %s) at configuration version %s; nothing to do" % (
                 p["dest"],
                 facts["name"],
@@ -706,8 +713,11 @@ def run(module, client, left):
     if dest.is_s3:
         result["s3"] = {k: export.get(k) for k in ("bucket", "key", "etag", "version_id", "parts", "part_size")}
     if p["restore_power_state"] and was_on:
-        client.power_on(vm)
-        result["power"].update(restored=True, after="poweredOn")
+        try:
+            client.power_on(vm)
+            result["power"].update(restored=True, after="poweredOn")
+        except vsphere.VSphereError as exc:  # the OVA is complete; say so rather than fail the export
+            module.warn("the export succeeded but the VM could not be powered on again: %s" % exc)
     progress.update(export["size"], export["size"], phase="done", force=True)
     result["msg"] = "exported %d disks (%d bytes) to %s in %.1fs" % (
         len(export["disks"]),
@@ -718,7 +728,13 @@ def run(module, client, left):
     return result
 
 
+def _terminated(signum, frame):
+    """SIGTERM (an AWX job cancelled, an async timeout) unwinds like an error: upload aborted, lease given back."""
+    raise SystemExit("terminated by signal %d" % signum)
+
+
 def main():
+    signal.signal(signal.SIGTERM, _terminated)
     argument_spec = vmware_argument_spec()
     argument_spec.update(
         name=dict(type="str"),

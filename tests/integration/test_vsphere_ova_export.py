@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import tarfile
 
 import pytest
@@ -370,3 +371,75 @@ def test_tls_verification_is_on_by_default(aws_clean, sim, tmp_path):  # noqa: F
     out = _result(res)
     assert out["failed"] and "TLS verification of 127.0.0.1:%d failed" % sim.port in out["msg"], out["msg"]
     assert _vm(sim, TWO_DISK_VM).runtime.powerState == "poweredOn"
+
+
+def _descendants(pid):
+    """PIDs of every process below ``pid`` (from /proc), so the test signals only what it started."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def test_sigterm_mid_upload_aborts_it(aws_clean, s3, tmp_path, big_disk):  # noqa: F811
+    """An AWX job cancel sends SIGTERM: the module gives the lease back and aborts the multipart upload."""
+    import signal  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    import yaml  # noqa: PLC0415
+
+    config = {"vms": [disk_vm("big", big_disk)]}
+    with Vcsim(config=config, rate_limit=2 << 20) as sim:
+        book = tmp_path / "play.yml"
+        task = _export(name="big", dest="s3://%s/term.ova" % BUCKET, part_size=5)
+        book.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": [task]}]))
+        env = dict(os.environ, **_env(sim, aws_clean))
+        env["ANSIBLE_PYTHON_INTERPRETER"] = sys.executable
+        proc = subprocess.Popen(
+            [
+                os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
+                "-i",
+                "localhost,",
+                "-c",
+                "local",
+                str(book),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            module_pid = None
+            for _i in range(600):
+                uploads = _uploads(s3)
+                if uploads and s3.list_parts(Bucket=BUCKET, Key="term.ova", UploadId=uploads[0]["UploadId"]).get(
+                    "Parts"
+                ):
+                    for pid in _descendants(proc.pid):
+                        with open("/proc/%d/cmdline" % pid, "rb") as f:
+                            argv = f.read().split(b"\0")
+                        # The module's Python process itself, not the shell ansible wraps it in.
+                        if b"python" in argv[0] and any(b"AnsiballZ_vsphere_ova_export" in a for a in argv):
+                            module_pid = pid
+                    break
+                time.sleep(0.1)
+            assert module_pid, "the export never got a part uploaded"
+            os.kill(module_pid, signal.SIGTERM)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert _uploads(s3) == []
+        assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
