@@ -654,6 +654,7 @@ class ProgressFile(object):
             "status": task.get("Status"),
             "status_message": task.get("StatusMessage"),
             "progress": task_progress(task),
+            "percent": task_progress(task),  # the name export progress files use (job_progress reads it)
         }
         if extra:
             record.update(extra)

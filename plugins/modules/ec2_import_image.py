@@ -166,8 +166,10 @@ options:
     default: 900
   progress_file:
     description:
-      - A JSON file the module rewrites (atomically) at every poll with the phase, task id, status, status message,
-        percent and elapsed seconds, for a role to poll and print while the module runs with C(async).
+      - A JSON file the module rewrites (atomically) at every poll, for a role to poll and print while the module
+        runs with C(async) (see M(esxi2ami.migrate.job_progress)). Keys are C(phase), C(name), C(import_task_id),
+        C(status), C(status_message), C(progress) and C(percent) (the same number), C(elapsed) (seconds) and
+        C(updated) (UTC).
       - Defaults to C(esxi2ami.migrate/ec2_import_image-<name>.json) in the Ansible remote temp dir
         (C(~/.ansible/tmp)). Set to an empty string to write none.
     type: path

@@ -174,6 +174,7 @@ def test_progress_file_is_replaced_atomically(tmp_path):
     progress.task(task("active", "converting", 28), "importing", name="web01")
     first = json.loads(path.read_text())
     assert first["status_message"] == "converting" and first["progress"] == 28 and first["elapsed"] == 0
+    assert first["percent"] == 28 and first["phase"] == "importing" and first["name"] == "web01"
     inode = os.stat(path).st_ino
     clock.sleep(12.34)
     progress.task(task("active", "booting", 59), "importing", name="web01", extra={"image_id": None})
