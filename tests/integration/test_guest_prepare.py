@@ -157,7 +157,7 @@ def test_offline_inspection_confirms_the_changes(runs, disk, guest_cache):  # no
         files=["/etc/network/interfaces", "/etc/fstab", "/etc/cron.d/esxi2ami-ssh-keys", "/etc/esxi2ami/ssh-keys.conf"],
         commands=[
             "dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n' linux-image-amd64",
-            "grep -E '^(menuentry|submenu|set default)|^\\s+linux\\s' /boot/grub/grub.cfg",
+            "grep -E '^\\s*(menuentry|submenu|set default=)|^\\s+linux\\s' /boot/grub/grub.cfg",
             "lsinitramfs /boot/initrd.img-%s | grep -E '/(nvme|ena|xen-blkfront|xen-netfront)\\.ko'" % stock,
             "ls /etc/udev/rules.d/",
             "test -x /usr/local/sbin/esxi2ami-fetch-ssh-keys && grep -c X-aws-ec2-metadata-token "
@@ -205,3 +205,82 @@ def test_boot_check_dhcp_imdsv2_key_and_ssh(runs, disk, imds_login_key, guest_wo
     assert not [
         r for r in result["imds_requests"] if r["method"] == "GET" and r["status"] == 200 and r["token"] != "valid"
     ]
+
+
+def test_systemd_timer_created_user_and_cloud_init_options(  # noqa: F811
+    guest_rootfs_factory,  # noqa: F811
+    guest_cache,  # noqa: F811
+    guest_work_dir,  # noqa: F811
+    imds_login_key,  # noqa: F811
+):
+    """The non-default options on a second guest: systemd timer instead of cron, a login user the role
+    creates (with sudo), cloud-init switched to the EC2 datasource, and the IMDS endpoint taken from the
+    role's variable: the installed service, run by systemd, fetches the key from a fake IMDSv2 inside
+    the container, and SSH as the new user with that key works."""
+    key, pub = imds_login_key
+    tree = guest_rootfs_factory("gp-options")
+    (tree / "etc/cloud").mkdir(parents=True, exist_ok=True)
+    (tree / "etc/cloud/cloud.cfg").write_text("# stand-in for cloud-init's main configuration\n")
+    (tree / "etc/cloud/cloud-init.disabled").write_text("")
+    (tree / "root/imds").mkdir(parents=True)
+    (tree / "root/imds/fake_imds.py").write_bytes(Path(guest_lib.FAKE_IMDS).read_bytes())
+    (tree / "root/imds/key.pub").write_text(pub + "\n")
+    extra = {
+        "guest_prepare_kernel": False,
+        "guest_prepare_drivers": False,
+        "guest_prepare_fstab": False,
+        "guest_prepare_key_sync_method": "systemd",
+        "guest_prepare_key_sync_interval": 7,
+        "guest_prepare_login_user": "ec2-user",
+        "guest_prepare_login_user_create": True,
+        "guest_prepare_imds_endpoint": "http://127.0.0.1:8169",
+        "guest_prepare_cloud_init": "ec2",
+    }
+    with guest_lib.Guest(tree, cache=guest_cache, work_dir=guest_work_dir) as box:
+        inventory = box.write_inventory()
+        check = run_playbook(_play(), inventory=inventory, extra_vars=extra, check=True)
+        assert check.rc == 0, check
+        assert check.stats[HOST]["changed"] > 0
+        assert not (tree / "etc/systemd/system/esxi2ami-ssh-keys.timer").exists()
+        first = run_playbook(_play(), inventory=inventory, extra_vars=extra)
+        assert first.rc == 0, first
+        again = run_playbook(_play(), inventory=inventory, extra_vars=extra)
+        assert again.rc == 0 and again.stats[HOST]["changed"] == 0, _changed_tasks(again)
+
+        assert "OnUnitActiveSec=7min" in (tree / "etc/systemd/system/esxi2ami-ssh-keys.timer").read_text()
+        assert not (tree / "etc/cron.d/esxi2ami-ssh-keys").exists()
+        assert box.ssh("systemctl is-enabled esxi2ami-ssh-keys.timer").stdout.strip() == "enabled"
+        cloud = (tree / "etc/cloud/cloud.cfg.d/90-esxi2ami-ec2.cfg").read_text()
+        assert "datasource_list: [Ec2, None]" in cloud and "http://127.0.0.1:8169" in cloud
+        assert not (tree / "etc/cloud/cloud-init.disabled").exists()
+
+        box.ssh(
+            "systemd-run --unit=fake-imds /usr/bin/python3 /root/imds/fake_imds.py --listen 127.0.0.1:8169 "
+            "--key guest=/root/imds/key.pub --log /root/imds/requests.log && "
+            "for i in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:8169/ && break; sleep 0.2; done"
+        )
+        box.ssh("systemctl start esxi2ami-ssh-keys.service")
+        auth = (tree / "home/ec2-user/.ssh/authorized_keys").read_text().splitlines()
+        assert auth == ["# BEGIN esxi2ami imds keys", pub, "# END esxi2ami imds keys"]
+        journal = box.ssh("journalctl -t esxi2ami-ssh-keys --no-pager -o cat").stdout
+        assert "1 key(s) from IMDS written to /home/ec2-user/.ssh/authorized_keys" in journal
+        login = guest_lib.run(
+            [
+                "ssh",
+                "-i",
+                key,
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                *box.ssh_options(),
+                "-l",
+                "ec2-user",
+                box.netns,
+                "id -un; sudo -n id -un",
+            ],
+            capture=True,
+            check=False,
+            timeout=60,
+        )
+        assert login.returncode == 0 and login.stdout.split() == ["ec2-user", "root"], login
