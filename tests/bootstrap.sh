@@ -9,7 +9,8 @@ VENV=${VENV:-$REPO/.venv}
 ANSIBLE_PKG_VERSION=${ANSIBLE_PKG_VERSION:-12.3.0}   # the `ansible` package that bundles amazon.aws 10.1.2
 
 APT_PACKAGES=(python3-venv golang-go golang-github-vmware-govmomi-dev qemu-utils qemu-system-x86 debootstrap
-  systemd-container libguestfs-tools zstd shellcheck bc iproute2 openssh-client rsync unzip socat git)
+  systemd-container libguestfs-tools zstd shellcheck bc iproute2 openssh-client rsync unzip socat git fdisk
+  e2fsprogs util-linux make)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
