@@ -111,9 +111,37 @@ def grub_os_name(distributor):
     return "%s GNU/Linux" % distributor
 
 
-def grub_default_entry(kernels, stock_version, distributor):
+def grub_settings(root="/"):
+    """Plain ``KEY=value`` settings of ``/etc/default/grub`` and ``/etc/default/grub.d/*.cfg`` in the
+    order grub-mkconfig sources them (later wins). Values computed by the shell (backticks, ``$(``)
+    are left out: only grub-mkconfig can know them."""
+    paths = [os.path.join(root, "etc/default/grub")]
+    dropins = os.path.join(root, "etc/default/grub.d")
+    if os.path.isdir(dropins):
+        paths += [os.path.join(dropins, n) for n in sorted(os.listdir(dropins)) if n.endswith(".cfg")]
+    settings = {}
+    for path in paths:
+        if not os.path.isfile(path):
+            continue
+        with open(path, "r", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                found = re.match(r"^\s*(?:export\s+)?(GRUB_[A-Z_]+)=(.*)$", line.rstrip("\n"))
+                if not found:
+                    continue
+                value = found.group(2).strip()
+                if "`" in value or "$(" in value or "${" in value:
+                    settings.pop(found.group(1), None)
+                    continue
+                if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                    value = value[1:-1]
+                settings[found.group(1)] = value
+    return settings
+
+
+def grub_default_entry(kernels, stock_version, distributor, submenu=True):
     """GRUB_DEFAULT that boots ``stock_version``: ``0`` when grub-mkconfig lists it first (it is
-    the newest by version sort), else the submenu path ``Advanced options for OS>OS, with Linux V``."""
+    the newest by version sort), else the submenu path ``Advanced options for OS>OS, with Linux V``
+    (or the entry's title alone when GRUB_DISABLE_SUBMENU puts every kernel at the top level)."""
     if stock_version not in kernels:
         raise ValueError(
             "kernel %s has no /boot/vmlinuz-%s (installed: %s)" % (stock_version, stock_version, ", ".join(kernels))
@@ -122,7 +150,10 @@ def grub_default_entry(kernels, stock_version, distributor):
     if ordered[0] == stock_version:
         return "0"
     os_name = grub_os_name(distributor)
-    return "Advanced options for %s>%s, with Linux %s" % (os_name, os_name, stock_version)
+    title = "%s, with Linux %s" % (os_name, stock_version)
+    if not submenu:
+        return title
+    return "Advanced options for %s>%s" % (os_name, title)
 
 
 def grub_default_dropin(entry):

@@ -17,7 +17,8 @@ description:
     newer kernel that GRUB lists first; this module makes the stock kernel the default, the distribution's way.
   - "C(grub_d) style (Debian, Ubuntu): writes C(GRUB_DEFAULT) to C(/etc/default/grub.d/90-esxi2ami-default.cfg):
     C(0) when grub-mkconfig lists the stock kernel first (it is the newest installed), otherwise the menu path
-    C(Advanced options for Debian GNU/Linux>Debian GNU/Linux, with Linux <version>). The caller regenerates
+    C(Advanced options for Debian GNU/Linux>Debian GNU/Linux, with Linux <version>) (the title alone when the guest
+    sets C(GRUB_DISABLE_SUBMENU=y)). The caller regenerates
     C(grub.cfg) (C(update-grub)) when the module reports a change."
   - "C(grubby) style (RHEL, CentOS Stream, Rocky, Alma, Oracle Linux with BootLoaderSpec entries): runs
     C(grubby --set-default /boot/vmlinuz-<version>) when C(grubby --default-kernel) names another kernel."
@@ -37,7 +38,9 @@ options:
     default: auto
   distributor:
     description:
-      - C(GRUB_DISTRIBUTOR) of the guest (C(Debian), C(Ubuntu)...), which grub-mkconfig puts in menu titles.
+      - C(GRUB_DISTRIBUTOR) of the guest (C(Debian), C(Ubuntu)...), which grub-mkconfig puts in menu titles. A plain
+        C(GRUB_DISTRIBUTOR=...) value in the guest's GRUB settings takes precedence (Debian's default there is a
+        command, C(lsb_release -i -s || echo Debian), which this option stands for).
     type: str
     default: Debian
   root:
@@ -95,6 +98,7 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.esxi2ami.migrate.plugins.module_utils._guest_boot import (  # noqa: E402
     grub_default_dropin,
     grub_default_entry,
+    grub_settings,
     installed_kernels,
 )
 
@@ -137,8 +141,11 @@ def main():
     if style == "grubby":
         _grubby(module, version)
     kernels = installed_kernels(root)
+    settings = grub_settings(root)
+    distributor = settings.get("GRUB_DISTRIBUTOR") or module.params["distributor"]
+    submenu = settings.get("GRUB_DISABLE_SUBMENU", "").lower() not in ("y", "yes", "true")
     try:
-        entry = grub_default_entry(kernels, version, module.params["distributor"])
+        entry = grub_default_entry(kernels, version, distributor, submenu=submenu)
     except ValueError as exc:
         module.fail_json(msg="%s: install the stock kernel package first" % exc, kernels=kernels)
     path = os.path.join(root, DROPIN.lstrip("/"))

@@ -322,6 +322,26 @@ def test_grub_default_debian(tmp_path):
         boot.grub_default_entry(kernels, "6.2.0-1-amd64", "Debian")
 
 
+def test_grub_default_follows_the_guests_grub_settings(tmp_path):
+    root = _kernels(tmp_path, ["6.1.0-18-amd64", "6.9.0-1-custom"])
+    (root / "etc/default/grub.d").mkdir(parents=True)
+    (root / "etc/default/grub").write_text(
+        "GRUB_DEFAULT=0\nGRUB_DISTRIBUTOR=`lsb_release -i -s 2> /dev/null || echo Debian`\n"
+    )
+    task = [
+        {
+            "name": "grub",
+            "esxi2ami.migrate.guest_grub_default": {"root": str(root), "kernel_version": "6.1.0-18-amd64"},
+        }
+    ]
+    res = run_playbook(task).task("grub")
+    assert res["default"] == "Advanced options for Debian GNU/Linux>Debian GNU/Linux, with Linux 6.1.0-18-amd64"
+    # every kernel at the top level, and a distributor of its own: the title alone, with that name
+    (root / "etc/default/grub.d/40-site.cfg").write_text('GRUB_DISABLE_SUBMENU=y\nexport GRUB_DISTRIBUTOR="Corp"\n')
+    res = run_playbook(task).task("grub")
+    assert res["changed"] and res["default"] == "Corp GNU/Linux, with Linux 6.1.0-18-amd64"
+
+
 def test_grub_default_ubuntu_with_newer_custom_kernel(tmp_path):
     root = _kernels(tmp_path, ["5.15.0-91-generic", "6.8.12-custom"])
     kernels = boot.installed_kernels(str(root))
