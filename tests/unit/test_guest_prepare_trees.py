@@ -437,3 +437,29 @@ def test_grub_default_module_refuses_a_missing_kernel(tmp_path):
     task = [{"name": "grub", "esxi2ami.migrate.guest_grub_default": {"root": str(root), "kernel_version": "6.1.0-99"}}]
     res = run_playbook(task).task("grub")
     assert res["failed"] and "install the stock kernel package first" in res["msg"]
+
+
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ({"guest_prepare_key_sync_method": "anacron"}, ["guest_prepare_key_sync_method", "cron, systemd"]),
+        ({"guest_prepare_cloud_init": "maybe"}, ["guest_prepare_cloud_init", "ec2, disable, ignore"]),
+        ({"guest_prepare_key_sync_interval": "often"}, ["guest_prepare_key_sync_interval", "int"]),
+    ],
+)
+def test_role_refuses_bad_variables_before_any_task(bad, words):
+    """Argument specs stop the role first (check mode on localhost: nothing could change anyway)."""
+    play = [
+        {
+            "name": "p",
+            "hosts": "localhost",
+            "gather_facts": False,
+            "roles": [{"role": "esxi2ami.migrate.guest_prepare"}],
+        }
+    ]
+    res = run_playbook(play, extra_vars=bad, check=True)
+    assert res.rc != 0
+    failed = [r for r in res.results() if r.get("failed")]
+    assert len(failed) == 1 and "Validating arguments against arg spec" in failed[0]["_task"], failed
+    for word in words:
+        assert word in failed[0]["msg"], failed[0]["msg"]
