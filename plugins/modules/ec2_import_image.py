@@ -136,9 +136,11 @@ options:
     type: str
   tags:
     description:
-      - Tags for the import task, the AMI and every snapshot, besides C(Name) (which is always O(name)).
+      - Tags for the import task, the AMI and every snapshot.
+      - The AMI and snapshots get C(Name=)O(name) unless a C(Name) key is given here. The task's C(Name) tag is
+        always O(name): it is how later runs find the task.
       - Tags are added or updated; other tags on the AMI and snapshots are left alone.
-      - A C(Name) key, if given, must equal O(name); keys starting with C(aws:) are refused.
+      - Keys starting with C(aws:) are refused.
     type: dict
     default: {}
     aliases: [resource_tags]
@@ -491,8 +493,11 @@ class ImportModule(object):
         self.retry = retry
         self.changed = False
         self.progress = ProgressFile(self.progress_path())
-        self.wanted_tags = dict((str(k), str(v)) for k, v in (self.params.get("tags") or {}).items())
-        self.wanted_tags["Name"] = self.name
+        user_tags = dict((str(k), str(v)) for k, v in (self.params.get("tags") or {}).items())
+        # The AMI and snapshots: Name is the import's name unless tags set one.
+        self.wanted_tags = dict({"Name": self.name}, **user_tags)
+        # The task: Name is always the import's name, it is how later runs find the task.
+        self.task_tags = dict(user_tags, Name=self.name)
         self.before = {}
         self.retries = {}
 
@@ -598,7 +603,7 @@ class ImportModule(object):
                 {"LicenseConfigurationArn": ls["license_configuration_arn"]} for ls in p["license_specifications"]
             ]
         req["TagSpecifications"] = [
-            {"ResourceType": "import-image-task", "Tags": ansible_dict_to_boto3_tag_list(self.wanted_tags)}
+            {"ResourceType": "import-image-task", "Tags": ansible_dict_to_boto3_tag_list(self.task_tags)}
         ]
         return req
 
@@ -1123,8 +1128,6 @@ def main():
             msg="name must be 1-256 characters: it becomes the Name tag of the task, the AMI and snapshots"
         )
     tags = p["tags"] or {}
-    if "Name" in tags and str(tags["Name"]) != p["name"]:
-        module.fail_json(msg="tags: Name is always the name option (%r); remove Name from tags" % p["name"])
     reserved = sorted(k for k in tags if str(k).lower().startswith("aws:"))
     if reserved:
         module.fail_json(msg="tags: keys starting with aws: are reserved by AWS: %s" % ", ".join(reserved))

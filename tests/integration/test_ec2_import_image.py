@@ -296,8 +296,12 @@ def test_disk_containers_two_raw_disks(sim, tmp_path):
         {"s3_url": "s3://%s/exports/legacy02/disk0.raw" % BUCKET, "device_name": "/dev/sda1"},
         {"s3_bucket": BUCKET, "s3_key": "exports/legacy02/disk1.raw", "format": "raw", "description": "data"},
     ]
-    res = run(sim, [role_task(), import_task(name="legacy02", s3_url=None, disk_containers=containers)])
+    # the AMI and snapshots may carry another Name than the import's identity (the task keeps Name=legacy02)
+    tags = {"Name": "Legacy 02"}
+    res = run(sim, [role_task(), import_task(name="legacy02", s3_url=None, disk_containers=containers, tags=tags)])
     out = ok(res)
+    assert out["task"]["tags"] == {"Name": "legacy02"}
+    assert tags_of(ec2, out["image_id"]) == {"Name": "Legacy 02"}
     assert out["status"] == "completed" and len(out["snapshot_ids"]) == 2
     assert out["sources"] == [
         "s3://%s/exports/legacy02/disk0.raw" % BUCKET,
@@ -305,7 +309,11 @@ def test_disk_containers_two_raw_disks(sim, tmp_path):
     ]
     assert [d["format"] for d in out["task"]["snapshot_details"]] == ["RAW", "RAW"]
     for snapshot_id in out["snapshot_ids"]:
-        assert tags_of(ec2, snapshot_id) == {"Name": "legacy02"}
+        assert tags_of(ec2, snapshot_id) == {"Name": "Legacy 02"}
+    # found again by its name: unchanged
+    res = run(sim, [import_task(name="legacy02", s3_url=None, disk_containers=containers, tags=tags)])
+    again = ok(res)
+    assert again["changed"] is False and again["import_task_id"] == out["import_task_id"]
 
 
 def test_bad_input_fails_before_any_call(sim):
@@ -324,7 +332,7 @@ def test_bad_input_fails_before_any_call(sim):
                 disk_containers=[{"s3_url": URL}, {"s3_url": "s3://%s/exports/d1.vmdk" % BUCKET}],
             ),
             import_task(label="half-container", s3_url=None, disk_containers=[{"s3_bucket": BUCKET}]),
-            import_task(label="name-tag", tags={"Name": "other"}),
+            import_task(label="aws-tag", tags={"aws:owner": "me"}),
         ],
     )
     assert "only s3:// URLs" in res.task("scheme")["msg"]
@@ -335,8 +343,8 @@ def test_bad_input_fails_before_any_call(sim):
     assert "s3_url" in res.task("no-source")["msg"]
     assert "OVA must be the only disk container" in res.task("ova-and-more")["msg"]
     assert "disk_containers[0]" in res.task("half-container")["msg"]
-    assert "remove Name from tags" in res.task("name-tag")["msg"]
+    assert "reserved by AWS: aws:owner" in res.task("aws-tag")["msg"]
     labels = ("scheme", "folder", "format", "both-licenses", "kms", "no-source", "ova-and-more", "half-container")
-    for name in labels + ("name-tag",):
+    for name in labels + ("aws-tag",):
         assert res.task(name)["failed"] is True
     assert calls(sim, "ImportImage") == 0
