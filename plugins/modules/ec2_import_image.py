@@ -138,7 +138,7 @@ options:
     description:
       - Tags for the import task, the AMI and every snapshot.
       - The AMI and snapshots get C(Name=)O(name) unless a C(Name) key is given here. The task's C(Name) tag is
-        always O(name): it is how later runs find the task.
+        always O(name), because later runs find the task by it.
       - Tags are added or updated; other tags on the AMI and snapshots are left alone.
       - Keys starting with C(aws:) are refused.
     type: dict
