@@ -16,4 +16,8 @@ if str(COLLECTIONS) not in sys.path:
 # ansible-playbook / ansible-doc started by tests see the same collections (ours + amazon.aws).
 os.environ["ANSIBLE_COLLECTIONS_PATH"] = str(COLLECTIONS)
 
-pytest_plugins = []
+pytest_plugins = [
+    "tests.simulators.vcsim.fixtures",
+    "tests.simulators.vmimport.fixtures",
+    "tests.fixtures.guest.fixtures",
+]

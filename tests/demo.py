@@ -207,7 +207,7 @@ def main(argv=None):
                         "vm_to_ami_tags": {"Project": "esxi2ami-demo"},
                         "vm_to_ami_poll_interval": 2,
                         "vm_to_ami_progress_interval": 5,
-                        },
+                    },
                     env,
                 )
                 images = show_result(aws, started)

@@ -73,7 +73,12 @@ def test_ansible_doc_renders_each_installed_module(installed, module):
     dest = installed[1]
     env = {"ANSIBLE_COLLECTIONS_PATH": "%s:%s" % (dest, REPO / ".build" / "collections"), "PATH": str(BIN)}
     proc = subprocess.run(
-        [BIN / "ansible-doc", "-j", "esxi2ami.migrate." + module], capture_output=True, text=True, env=env, check=False, cwd=dest
+        [BIN / "ansible-doc", "-j", "esxi2ami.migrate." + module],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        cwd=dest,
     )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)["esxi2ami.migrate." + module]

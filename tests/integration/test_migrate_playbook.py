@@ -10,8 +10,6 @@ import pytest
 import yaml
 
 from tests.simulators.vcsim.launcher import disk_vm
-from tests.simulators.vcsim.fixtures import vcsim_factory  # noqa: F401
-from tests.simulators.vmimport.fixtures import aws, aws_clean  # noqa: F401
 from tests.simulators.vmimport.ova_builder import make_raw_disk
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +30,7 @@ def ansible_playbook(workdir, env, *args):
 
 
 @pytest.fixture
-def two_vms(tmp_path, vcsim_factory, aws_clean):  # noqa: F811
+def two_vms(tmp_path, vcsim_factory, aws_clean):
     good = make_raw_disk(tmp_path / "good.raw", 8 << 20, content=b"good")
     bad = make_raw_disk(tmp_path / "bad.raw", 8 << 20, fail_message=FAILURE)
     vcenter = vcsim_factory(

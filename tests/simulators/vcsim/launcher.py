@@ -66,11 +66,22 @@ def build() -> Path:
 
 # --- disks -------------------------------------------------------------------------------------
 
+
 def _atomic_convert(src: Path, fmt: str, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    cmd = ["qemu-img", "convert", "-f", fmt, "-O", "vmdk",
-           "-o", "subformat=streamOptimized,adapter_type=lsilogic", str(src), str(tmp)]
+    cmd = [
+        "qemu-img",
+        "convert",
+        "-f",
+        fmt,
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=streamOptimized,adapter_type=lsilogic",
+        str(src),
+        str(tmp),
+    ]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     except FileNotFoundError:
@@ -129,7 +140,7 @@ def _prune_cache(keep: Path) -> None:
 
     converted = [p for p in DISK_CACHE.glob("*.vmdk") if not p.name.startswith("default-") and p != keep]
     converted.sort(key=mtime, reverse=True)
-    for old in converted[CACHE_KEEP - 1:]:
+    for old in converted[CACHE_KEEP - 1 :]:
         old.unlink(missing_ok=True)
 
 
@@ -174,14 +185,18 @@ def default_disks() -> dict[str, Path]:
 def default_config() -> dict:
     """The VMs every start adds to the VPX inventory (unless defaults=False)."""
     disks = default_disks()
-    return {"vms": [{
-        "name": TWO_DISK_VM,
-        "guest_id": "debian11_64Guest",
-        "firmware": "bios",
-        "power": "poweredOn",
-        "disks": [{"file": str(disks["boot"])}, {"file": str(disks["data"])}],
-        "cdrom": {"iso": TOOLS_ISO, "connected": True},
-    }]}
+    return {
+        "vms": [
+            {
+                "name": TWO_DISK_VM,
+                "guest_id": "debian11_64Guest",
+                "firmware": "bios",
+                "power": "poweredOn",
+                "disks": [{"file": str(disks["boot"])}, {"file": str(disks["data"])}],
+                "cdrom": {"iso": TOOLS_ISO, "connected": True},
+            }
+        ]
+    }
 
 
 def disk_vm(name: str, *files: str | os.PathLike, **options) -> dict:
@@ -216,6 +231,7 @@ def resolve_config(config: dict | None, defaults: bool = True) -> dict:
 
 # --- the server --------------------------------------------------------------------------------
 
+
 def _insecure() -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
@@ -226,11 +242,20 @@ def _insecure() -> ssl.SSLContext:
 class Vcsim:
     """One vcsim process on 127.0.0.1:<free port>. Use as a context manager or start()/stop()."""
 
-    def __init__(self, config: dict | None = None, lease_timeout: float = 300, rate_limit: int | None = None,
-                 cut_after: int | None = None, user: str = "user", password: str = "pass",  # noqa: S107
-                 api: str = "7.0.3.0",
-                 shutdown_delay: float = 1.0, cut_count: int | None = None, defaults: bool = True,
-                 start_timeout: float = 60):
+    def __init__(
+        self,
+        config: dict | None = None,
+        lease_timeout: float = 300,
+        rate_limit: int | None = None,
+        cut_after: int | None = None,
+        user: str = "user",
+        password: str = "pass",  # noqa: S107
+        api: str = "7.0.3.0",
+        shutdown_delay: float = 1.0,
+        cut_count: int | None = None,
+        defaults: bool = True,
+        start_timeout: float = 60,
+    ):
         self.config = config
         self.lease_timeout = lease_timeout
         self.rate_limit = rate_limit
@@ -258,16 +283,44 @@ class Vcsim:
         self.workdir = Path(tempfile.mkdtemp(prefix="vcsim-"))
         cfg_file = self.workdir / "config.json"
         cfg_file.write_text(json.dumps(resolved, indent=2))
-        cmd = [str(binary), "-l", "127.0.0.1:0", "-api", self.api, "-u", f"{self.user}:{self.password}",
-               "-config", str(cfg_file), "-default-disk", str(default_disks()["boot"]),
-               "-lease-timeout", str(self.lease_timeout), "-shutdown-delay", str(self.shutdown_delay),
-               "-rate-limit", str(self.rate_limit or 0), "-cut-after", str(self.cut_after or 0),
-               "-cut-count", str(self.cut_count or 0), "-watch-stdin", "-cleanup-dir", str(self.workdir)]
+        cmd = [
+            str(binary),
+            "-l",
+            "127.0.0.1:0",
+            "-api",
+            self.api,
+            "-u",
+            f"{self.user}:{self.password}",
+            "-config",
+            str(cfg_file),
+            "-default-disk",
+            str(default_disks()["boot"]),
+            "-lease-timeout",
+            str(self.lease_timeout),
+            "-shutdown-delay",
+            str(self.shutdown_delay),
+            "-rate-limit",
+            str(self.rate_limit or 0),
+            "-cut-after",
+            str(self.cut_after or 0),
+            "-cut-count",
+            str(self.cut_count or 0),
+            "-watch-stdin",
+            "-cleanup-dir",
+            str(self.workdir),
+        ]
         env = dict(os.environ, TMPDIR=str(self.workdir))
         self.log_path = self.workdir / "vcsim.log"
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
-                                         start_new_session=True, cwd=self.workdir)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=env,
+                start_new_session=True,
+                cwd=self.workdir,
+            )
         try:
             line = self._first_line()
             u = urllib.parse.urlsplit(line)
@@ -287,13 +340,14 @@ class Vcsim:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise VcsimError(f"vcsim printed no URL within {self.start_timeout}s; log:\n{self.log_tail()}")
-            ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+            ready = select.select([fd], [], [], min(left, 0.5))[0]
             if ready:
                 chunk = os.read(fd, 4096)
                 if not chunk:
                     self.proc.wait(5)
-                    raise VcsimError(f"vcsim exited with {self.proc.returncode} before starting; "
-                                     f"log:\n{self.log_tail()}")
+                    raise VcsimError(
+                        f"vcsim exited with {self.proc.returncode} before starting; log:\n{self.log_tail()}"
+                    )
                 buf += chunk
         return buf.split(b"\n", 1)[0].decode().strip()
 
@@ -301,8 +355,9 @@ class Vcsim:
         deadline = time.monotonic() + self.start_timeout
         while True:
             try:
-                with urllib.request.urlopen(f"https://{self.host}:{self.port}/sdk/vimServiceVersions.xml",
-                                            context=_insecure(), timeout=5) as r:
+                with urllib.request.urlopen(
+                    f"https://{self.host}:{self.port}/sdk/vimServiceVersions.xml", context=_insecure(), timeout=5
+                ) as r:
                     if self.api.encode() in r.read():
                         return
             except (OSError, urllib.error.URLError) as e:
@@ -363,9 +418,12 @@ class Vcsim:
         if not self.proc:
             raise VcsimError("vcsim is not running")
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"https://{self.host}:{self.port}/_sim/faults", data=data,
-                                     method="GET" if body is None else "POST",
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"https://{self.host}:{self.port}/_sim/faults",
+            data=data,
+            method="GET" if body is None else "POST",
+            headers={"Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, context=_insecure(), timeout=10) as r:
                 return json.loads(r.read())
@@ -378,15 +436,21 @@ class Vcsim:
 
     _UNSET = object()
 
-    def set_faults(self, rate_limit=_UNSET, cut_after=_UNSET, lease_timeout=_UNSET, cut_count=_UNSET,
-                   shutdown_delay=_UNSET) -> dict:
+    def set_faults(
+        self, rate_limit=_UNSET, cut_after=_UNSET, lease_timeout=_UNSET, cut_count=_UNSET, shutdown_delay=_UNSET
+    ) -> dict:
         """Change faults at run time; None (or 0) clears rate_limit / cut_after. Returns the new knobs.
 
         rate_limit and cut_after apply to downloads that start afterwards, lease_timeout to leases
         opened afterwards; cut_count limits the cut to the next N downloads.
         """
-        given = {"rate_limit": rate_limit, "cut_after": cut_after, "lease_timeout": lease_timeout,
-                 "cut_count": cut_count, "shutdown_delay": shutdown_delay}
+        given = {
+            "rate_limit": rate_limit,
+            "cut_after": cut_after,
+            "lease_timeout": lease_timeout,
+            "cut_count": cut_count,
+            "shutdown_delay": shutdown_delay,
+        }
         body = {k: (v or 0) for k, v in given.items() if v is not self._UNSET}
         return self._faults_request(body)
 
@@ -394,14 +458,17 @@ class Vcsim:
         """A pyVmomi ServiceInstance logged in to this simulator (certificate not verified)."""
         from pyVim.connect import SmartConnect  # noqa: PLC0415 - pyVmomi only when asked for
 
-        return SmartConnect(host=self.host, port=self.port, user=self.user, pwd=self.password,
-                            disableSslCertValidation=True)
+        return SmartConnect(
+            host=self.host, port=self.port, user=self.user, pwd=self.password, disableSslCertValidation=True
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.simulators.vcsim.launcher",
-                                description="Run the vSphere simulator until Ctrl-C and print the env to use it.")
-    p.add_argument("--config", help="JSON file {\"vms\": [...]} with VMs to add (see README.md)")
+    p = argparse.ArgumentParser(
+        prog="python -m tests.simulators.vcsim.launcher",
+        description="Run the vSphere simulator until Ctrl-C and print the env to use it.",
+    )
+    p.add_argument("--config", help='JSON file {"vms": [...]} with VMs to add (see README.md)')
     p.add_argument("--no-defaults", action="store_true", help=f"do not add {TWO_DISK_VM}")
     p.add_argument("--lease-timeout", type=float, default=300)
     p.add_argument("--rate-limit", type=int, help="NFC download bytes/s")
@@ -417,16 +484,26 @@ def main(argv: list[str] | None = None) -> int:
             config = json.loads(Path(args.config).read_text())
         except (OSError, ValueError) as e:
             p.error(f"--config {args.config}: {e}")
-    sim = Vcsim(config=config, lease_timeout=args.lease_timeout, rate_limit=args.rate_limit,
-                cut_after=args.cut_after, user=args.user, password=args.password, api=args.api,
-                shutdown_delay=args.shutdown_delay, defaults=not args.no_defaults)
+    sim = Vcsim(
+        config=config,
+        lease_timeout=args.lease_timeout,
+        rate_limit=args.rate_limit,
+        cut_after=args.cut_after,
+        user=args.user,
+        password=args.password,
+        api=args.api,
+        shutdown_delay=args.shutdown_delay,
+        defaults=not args.no_defaults,
+    )
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     with sim:
         for k, v in sim.env.items():
             print(f"export {k}={shlex.quote(v)}")
-        print(f"# SOAP: {sim.url}  faults: curl -k https://{sim.host}:{sim.port}/_sim/faults "
-              "-d '{\"cut_after\": 1048576}'")
+        print(
+            f"# SOAP: {sim.url}  faults: curl -k https://{sim.host}:{sim.port}/_sim/faults "
+            "-d '{\"cut_after\": 1048576}'"
+        )
         print(f"# log: {sim.log_path}  (Ctrl-C stops it)", flush=True)
         try:
             while not stop and sim.proc.poll() is None:

@@ -138,7 +138,7 @@ def test_two_disk_vm_with_iso(vcsim):
 
 def test_device_keys_are_deterministic(vcsim_factory):
     keys = []
-    for _ in range(2):
+    for _attempt in range(2):
         si = vcsim_factory().connect()
         keys.append(
             {
@@ -304,7 +304,7 @@ def test_export_streams_two_stream_optimized_disks(vcsim_factory, tmp_path):
     assert [du.targetId for du in info.deviceUrl if not du.disk] == ["tools.iso"]
     lease.HttpNfcLeaseProgress(100)
     lease.HttpNfcLeaseComplete()
-    status, _, _, _ = download(sim, url_of(sim, disks[0]), si._stub.cookie)
+    status = download(sim, url_of(sim, disks[0]), si._stub.cookie)[0]
     assert status == 404  # the lease is over
 
 
@@ -323,7 +323,7 @@ def test_export_of_a_raw_image_round_trips(vcsim_factory, tmp_path):
     assert disk.capacityInKB == 3 << 10  # the image's virtual size
     lease = ready_lease(vm)
     (du,) = lease.info.deviceUrl
-    status, _, body, error = download(sim, url_of(sim, du), si._stub.cookie)
+    status, _headers, body, error = download(sim, url_of(sim, du), si._stub.cookie)
     assert status == 200 and error is None
     (tmp_path / "out.vmdk").write_bytes(body)
     subprocess.run(
@@ -344,7 +344,7 @@ def test_download_needs_the_lease_sessions_cookie(vcsim_factory):
     assert download(sim, url)[0] == 403
     assert download(sim, url, other._stub.cookie)[0] == 403
     assert download(sim, url, 'vmware_soap_session="not-a-session"')[0] == 403
-    status, _, body, _ = download(sim, url, owner._stub.cookie)
+    status, _headers, body, _error = download(sim, url, owner._stub.cookie)
     assert status == 200 and body[:4] == b"KDMV"
     cookie = owner._stub.cookie
     Disconnect(owner)
@@ -384,7 +384,7 @@ def test_progress_keeps_the_lease_alive_beyond_its_timeout(vcsim_factory):
         time.sleep(0.5)
     assert lease.state == "ready"
     assert lease.transferProgress == percent
-    status, _, _, error = download(sim, url_of(sim, lease.info.deviceUrl[0]), si._stub.cookie)
+    status, _headers, _body, error = download(sim, url_of(sim, lease.info.deviceUrl[0]), si._stub.cookie)
     assert status == 200 and error is None
     lease.HttpNfcLeaseComplete()
 
@@ -395,7 +395,7 @@ def test_lease_timeout_cuts_a_running_download(vcsim_factory):
     vm = find_vm(si, "DC0_H0_VM0")
     ensure_off(vm)
     lease = ready_lease(vm)
-    status, _, body, error = download(sim, url_of(sim, lease.info.deviceUrl[0]), si._stub.cookie)
+    status, _headers, body, error = download(sim, url_of(sim, lease.info.deviceUrl[0]), si._stub.cookie)
     assert status == 200
     assert error is not None  # connection dropped mid-stream, no terminating chunk
     assert 0 < len(body) < default_disks()["boot"].stat().st_size
@@ -429,7 +429,7 @@ def test_rate_limit_fault(vcsim_factory):
     assert sim.set_faults(rate_limit=rate)["rate_limit"] == rate
     size = default_disks()["boot"].stat().st_size
     started = time.monotonic()
-    status, _, body, error = download(sim, url_of(sim, lease.info.deviceUrl[0]), si._stub.cookie)
+    status, _headers, body, error = download(sim, url_of(sim, lease.info.deviceUrl[0]), si._stub.cookie)
     elapsed = time.monotonic() - started
     assert status == 200 and error is None and len(body) == size
     # a lower bound only: the server cannot send faster than the limit (minus its first chunk)
@@ -445,13 +445,13 @@ def test_cut_after_fault(vcsim_factory):
     ensure_off(vm)
     lease = ready_lease(vm)
     url = url_of(sim, lease.info.deviceUrl[0])
-    status, _, body, error = download(sim, url, si._stub.cookie)
+    status, _headers, body, error = download(sim, url, si._stub.cookie)
     assert status == 200 and error is not None and len(body) == 100_000
     # changed at run time: cut only the next download, after 1000 bytes
     sim.set_faults(cut_after=1000, cut_count=1)
     assert len(download(sim, url, si._stub.cookie)[2]) == 1000
     assert sim.faults()["cut_after"] == 0
-    status, _, body, error = download(sim, url, si._stub.cookie)
+    status, _headers, body, error = download(sim, url, si._stub.cookie)
     assert error is None and len(body) == default_disks()["boot"].stat().st_size
     with pytest.raises(VcsimError, match="lease_timeout must be > 0"):
         sim.set_faults(lease_timeout=0)
@@ -487,7 +487,7 @@ def test_create_descriptor(vcsim_factory, tmp_path):
     lease = ready_lease(vm)
     ovf_files = []
     for du in lease.info.deviceUrl:
-        _, _, body, _ = download(sim, url_of(sim, du), si._stub.cookie)
+        body = download(sim, url_of(sim, du), si._stub.cookie)[2]
         ovf_files.append(vim.OvfManager.OvfFile(deviceId=du.key, path=du.targetId, size=len(body)))
     lease.HttpNfcLeaseComplete()
 
@@ -573,7 +573,7 @@ def test_cli_prints_the_env_and_stops_on_sigterm(tmp_path):
             line = proc.stdout.readline()
             assert line, "launcher exited early"
             if line.startswith("export "):
-                key, _, value = line[len("export ") :].strip().partition("=")
+                key, _sep, value = line[len("export ") :].strip().partition("=")
                 env[key] = value
         si = SmartConnect(
             host=env["VMWARE_HOST"],
