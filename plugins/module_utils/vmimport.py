@@ -618,16 +618,35 @@ class ProgressFile(object):
         self.clock = clock
         self.started = clock()
         self.last = None
+        self.error = None
 
     def elapsed(self):
         return round(self.clock() - self.started, 1)
 
     def write(self, **fields):
+        """Replace the file with `fields` (+ elapsed, updated).
+
+        The first write raises VMImportError when the file cannot be written, so a module can fail
+        before it starts anything; later failures (a full disk mid-wait) only set ``error``: progress
+        is for watching, it must not abort an import.
+        """
         if not self.path:
             return None
         record = dict(fields)
         record["elapsed"] = self.elapsed()
         record["updated"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            self._replace(record)
+        except OSError as exc:
+            error = "progress_file %s cannot be written: %s" % (self.path, exc)
+            if self.last is None:
+                raise VMImportError(error + "; give a writable path, or an empty string to write none") from None
+            self.error = error
+            return None
+        self.last = record
+        return record
+
+    def _replace(self, record):
         directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(directory):
             os.makedirs(directory, 0o700)
@@ -638,12 +657,10 @@ class ProgressFile(object):
                 handle.write("\n")
             os.chmod(tmp, 0o644)
             os.replace(tmp, self.path)
-        except Exception:
+        except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-        self.last = record
-        return record
 
     def task(self, task, phase, name=None, extra=None):
         """Record an import task's status, message and percent."""

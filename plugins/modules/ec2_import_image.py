@@ -681,10 +681,18 @@ class ImportModule(object):
         return intermediate, False
 
     # decisions ----------------------------------------------------------------------------------
+    def first_progress(self, phase):
+        """Write the progress file once before anything else: an unwritable path fails before any change."""
+        try:
+            self.progress.write(phase=phase, name=self.name, status=None, status_message=None)
+        except VMImportError as e:
+            self.fail(str(e))
+
     def present(self):
         sources = self.sources()
         req = self.request(sources)
         source_urls = ["s3://%s/%s" % (b, k) for b, k, _f, _e in sources]
+        self.first_progress("checking")
         tasks = self.tasks_by_name()
         active = [t for t in tasks if classify(t) == RUNNING]
         done = [t for t in tasks if classify(t) == SUCCEEDED]
@@ -977,6 +985,7 @@ class ImportModule(object):
 
     # state: absent ----------------------------------------------------------------------------------
     def absent(self):
+        self.first_progress("checking")
         tasks = self.tasks_by_name()
         active = [t for t in tasks if classify(t) == RUNNING]
         if not active:
@@ -1057,6 +1066,8 @@ class ImportModule(object):
             result["import_retries"] = self.retries
         result.setdefault("elapsed", self.elapsed())
         result.setdefault("progress_file", self.progress.path or "")
+        if self.progress.error:
+            self.module.warn(self.progress.error)
         if self.module._diff:
             result["diff"] = dict(before=self.before, after=after if after is not None else self.before)
         self.module.exit_json(**result)

@@ -316,7 +316,8 @@ def test_disk_containers_two_raw_disks(sim, tmp_path):
     assert again["changed"] is False and again["import_task_id"] == out["import_task_id"]
 
 
-def test_bad_input_fails_before_any_call(sim):
+def test_bad_input_fails_before_any_call(sim, tmp_path):
+    (tmp_path / "file").write_text("not a directory")
     res = run(
         sim,
         [
@@ -333,6 +334,7 @@ def test_bad_input_fails_before_any_call(sim):
             ),
             import_task(label="half-container", s3_url=None, disk_containers=[{"s3_bucket": BUCKET}]),
             import_task(label="aws-tag", tags={"aws:owner": "me"}),
+            import_task(label="progress", progress_file=str(tmp_path / "file" / "p.json")),
         ],
     )
     assert "only s3:// URLs" in res.task("scheme")["msg"]
@@ -345,6 +347,7 @@ def test_bad_input_fails_before_any_call(sim):
     assert "disk_containers[0]" in res.task("half-container")["msg"]
     assert "reserved by AWS: aws:owner" in res.task("aws-tag")["msg"]
     labels = ("scheme", "folder", "format", "both-licenses", "kms", "no-source", "ova-and-more", "half-container")
-    for name in labels + ("aws-tag",):
+    assert "cannot be written" in res.task("progress")["msg"]
+    for name in labels + ("aws-tag", "progress"):
         assert res.task(name)["failed"] is True
     assert calls(sim, "ImportImage") == 0

@@ -347,3 +347,19 @@ def test_default_progress_path_is_under_ansible_remote_tmp(monkeypatch):
         default_progress_path("/var/tmp/a", "web 01/../x")
         == "/var/tmp/a/esxi2ami.migrate/ec2_import_image-web_01_.._x.json"
     )
+
+
+def test_progress_file_that_cannot_be_written(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    progress = ProgressFile(str(blocker / "p.json"))
+    with pytest.raises(VMImportError, match="progress_file .* cannot be written.*empty string to write none"):
+        progress.write(phase="checking")
+    # after a first good write, a failing one is recorded, not raised: progress must not abort an import
+    path = tmp_path / "sub" / "p.json"
+    progress = ProgressFile(str(path))
+    assert progress.write(phase="checking")["phase"] == "checking"
+    path.parent.rename(tmp_path / "moved")
+    (tmp_path / "sub").write_text("now a file")
+    assert progress.write(phase="importing") is None
+    assert "cannot be written" in progress.error
