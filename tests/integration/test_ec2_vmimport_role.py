@@ -182,3 +182,33 @@ def test_absent_deletes_role_and_policies(aws_clean):  # noqa: F811
     assert res.task("role")["changed"] is True and not res.task("role").get("failed"), res.task("role")
     assert res.task("again")["changed"] is False
     assert iam.list_roles()["Roles"] == []
+
+
+def test_boundary_and_tags_follow_the_options(aws_clean):  # noqa: F811
+    iam = aws_clean.client("iam")
+    boundary = iam.create_policy(
+        PolicyName="vmimport-boundary",
+        PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:*", "ec2:*"], "Resource": "*"}]}
+        ),
+    )["Policy"]["Arn"]
+    base = dict(s3_locations=["bucket-one"], tags={"team": "platform", "cost": "1"})
+    run(aws_clean, [role_task(boundary=boundary, **base)])
+    role = iam.get_role(RoleName="vmimport")["Role"]
+    assert role["PermissionsBoundary"]["PermissionsBoundaryArn"] == boundary
+
+    # tags: purge_tags (default true) removes a tag no longer listed; an empty boundary removes it
+    res = run(aws_clean, [role_task(s3_locations=["bucket-one"], tags={"team": "migrations"}, boundary="")], diff=True)
+    out = res.task("role")
+    assert out["changed"] is True, out
+    assert out["diff"]["before"]["tags"] == {"team": "platform", "cost": "1"}
+    assert out["diff"]["after"]["tags"] == {"team": "migrations"}
+    assert out["diff"]["after"]["permissions_boundary"] is None
+    role = iam.get_role(RoleName="vmimport")["Role"]
+    assert {t["Key"]: t["Value"] for t in role.get("Tags", [])} == {"team": "migrations"}
+    assert "PermissionsBoundary" not in role
+    # without tags or boundary options, both are left alone
+    res = run(aws_clean, [role_task(s3_locations=["bucket-one"])])
+    assert res.task("role")["changed"] is False
+    res = run(aws_clean, [role_task(s3_locations=["bucket-one"], boundary="arn:aws:iam::123456789012:role/x")])
+    assert "not an IAM managed policy ARN" in res.task("role")["msg"]
