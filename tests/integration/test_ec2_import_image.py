@@ -177,7 +177,7 @@ def test_timeout_leaves_task_running_and_second_run_resumes(sim, tmp_path):
 
 
 def test_wait_false_then_cancel_then_new_import(sim):
-    sim.configure(task_duration=30.0)
+    sim.configure(task_duration=300.0)  # far longer than the runs below, even on a loaded machine
     res = run(sim, [role_task(), import_task(wait=False)])
     started = ok(res)
     assert started["changed"] is True and started["status"] == "active"
@@ -210,7 +210,7 @@ def test_retries_throttling_and_role_propagation(sim):
     # the role is created in the same run and is invisible to the service for a few seconds;
     # EC2 calls are throttled too
     sim.configure(
-        iam_propagation_delay=12.0,
+        iam_propagation_delay=20.0,
         throttle={"DescribeImportImageTasks": {"next": 3}, "CreateTags": {"next": 1}, "ImportImage": {"next": 1}},
     )
     res = run(sim, [role_task(), import_task()])
@@ -227,7 +227,7 @@ def test_retries_throttling_and_role_propagation(sim):
 
 
 def test_waits_for_a_free_import_slot(sim):
-    sim.configure(max_active_tasks=1, task_duration=8.0)
+    sim.configure(max_active_tasks=1, task_duration=12.0)
     # one run: the first import takes the only slot, the second waits for it to free up
     res = run(
         sim,
