@@ -284,3 +284,26 @@ def test_systemd_timer_created_user_and_cloud_init_options(  # noqa: F811
             timeout=60,
         )
         assert login.returncode == 0 and login.stdout.split() == ["ec2-user", "root"], login
+
+        # preflight: a guest VM Import would reject (no GRUB tools, a Windows entry in the menu) is stopped,
+        # with every reason, before anything changes; with guest_prepare_preflight_fail=false it is reported
+        box.ssh(
+            "mv /usr/sbin/grub-mkconfig /usr/sbin/grub-mkconfig.away && "
+            "echo \"menuentry 'Windows Boot Manager (on /dev/sdb1)' { chainloader +1 }\" >> /boot/grub/grub.cfg"
+        )
+        only_preflight = {
+            "guest_prepare_%s" % part: False
+            for part in ("kernel", "network", "key_sync", "drivers", "fstab", "serial_console")
+        }
+        only_preflight["guest_prepare_cloud_init"] = "ignore"
+        stopped = run_playbook(_play(), inventory=inventory, extra_vars=only_preflight, check=True)
+        assert stopped.rc != 0
+        failure = [r for r in stopped.results(HOST) if r.get("failed")]
+        assert [r["_task"] for r in failure] == [ROLE_PREFIX + "Stop on what VM Import would reject"]
+        assert "no GRUB found" in failure[0]["msg"] and "dual boot" in failure[0]["msg"]
+        reported = run_playbook(
+            _play(), inventory=inventory, extra_vars=dict(only_preflight, guest_prepare_preflight_fail=False)
+        )
+        assert reported.rc == 0, reported
+        report = _report(reported)
+        assert report["ready"] is False and len(report["blockers"]) == 2, report
