@@ -40,6 +40,7 @@ EOF_BLOCKS = b"\0" * (2 * BLOCK)
 GNU_SIZE_LIMIT = 8 << 30  # members this large need GNU base-256 size fields (ustar tops out at 8 GiB - 1)
 MAX_DISKS = 21
 MAX_DISK_CAPACITY = 16 << 40  # VM Import: each volume under 16 TiB
+MAX_TEXT_MEMBER = 16 << 20  # descriptor and manifest are read whole: refuse absurd sizes
 
 OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1"
 RASD_NS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
@@ -775,6 +776,9 @@ def inspect_ova(read, size, verify_manifest=False):
         return result
     if members[0] is not ovfs[0]:
         problems.append("the OVF descriptor %r is not the first member (first is %r)" % (ovfs[0].name, members[0].name))
+    if ovfs[0].size > MAX_TEXT_MEMBER:
+        problems.append("the OVF descriptor is %d bytes; a descriptor is a few KiB" % ovfs[0].size)
+        return result
     try:
         ovf = OvfDescriptor(reader.read_member(ovfs[0]))
     except OvaError as exc:
@@ -846,6 +850,9 @@ def inspect_ova(read, size, verify_manifest=False):
                 "attached? eject media before exporting)" % ref["href"]
             )
     mfs = [m for m in members if m.name.lower().endswith(".mf")]
+    if mfs and mfs[0].size > MAX_TEXT_MEMBER:
+        problems.append("the manifest %r is %d bytes; a manifest is a few lines" % (mfs[0].name, mfs[0].size))
+        mfs = []
     if mfs:
         try:
             entries = parse_manifest(reader.read_member(mfs[0]).decode("utf-8", "replace"))

@@ -5,10 +5,10 @@
 
 ``MultipartSink`` takes a *tail* of bytes in order (``write``), lets the caller patch regions it
 declared with ``hold`` (a tar header whose size is known only later), and at ``finish(prefix)``
-puts ``prefix`` in front of everything: part 1 is prefix + the first ``part_size`` bytes of the
-tail and is uploaded last. Parts 2..N go up as they fill, ``max_concurrency`` at a time, each
+puts ``prefix`` in front of everything: part 1 is prefix + the first 5 MiB of the tail (S3's
+minimum part size) and is uploaded last. Parts 2..N go up as they fill, ``max_concurrency`` at a time, each
 retried on its own with backoff; ``write`` blocks while that many are in flight, so memory stays
-at about (max_concurrency + 3) x part_size. Any failure aborts the multipart upload.
+at about (max_concurrency + 2) x part_size + 5 MiB. Any failure aborts the multipart upload.
 
 The boto3 client is passed in (from AnsibleAWSModule.client("s3") or boto3 directly).
 """
@@ -128,6 +128,8 @@ class MultipartSink:
         self.bucket = bucket
         self.key = key
         self.part_size = int(part_size)
+        # Part 1 waits in memory until the end; S3's 5 MiB minimum is all it needs to hold of the tail.
+        self.first_size = min(self.part_size, S3_MIN_PART)
         self.max_concurrency = int(max_concurrency)
         self.extra_args = dict(extra_args or {})
         self.owner = {"ExpectedBucketOwner": expected_bucket_owner} if expected_bucket_owner else {}
@@ -169,8 +171,16 @@ class MultipartSink:
         return self._tail
 
     def _range(self, part):
-        start = (part - 1) * self.part_size
+        """Tail bytes [start, end) of a part: part 1 holds the first ``first_size``, the others ``part_size`` each."""
+        if part == 1:
+            return 0, self.first_size
+        start = self.first_size + (part - 2) * self.part_size
         return start, start + self.part_size
+
+    def _part_of(self, offset):
+        if offset < self.first_size:
+            return 1
+        return (offset - self.first_size) // self.part_size + 2
 
     def _pending(self, part):
         start, end = self._range(part)
@@ -185,12 +195,13 @@ class MultipartSink:
         self._check()
         view = memoryview(data)
         while view:
-            room = self.part_size - len(self._buf)
+            start, end = self._range(self._part)
+            room = end - start - len(self._buf)
             chunk = view[:room]
             self._buf += chunk
             self._tail += len(chunk)
             view = view[len(chunk) :]
-            if len(self._buf) == self.part_size:
+            if len(self._buf) == end - start:
                 self._seal()
 
     def _seal(self):
@@ -209,7 +220,7 @@ class MultipartSink:
         end = offset + len(data)
         pos = offset
         while pos < end:
-            part = pos // self.part_size + 1
+            part = self._part_of(pos)
             start, stop = self._range(part)
             n = min(stop, end) - pos
             if part == self._part:
@@ -297,7 +308,7 @@ class MultipartSink:
             else:
                 self._submit(part, buf)
         first = self._held.pop(1, bytearray())
-        self._drain()
+        # Part 1 goes up alongside the last parts still in flight: only now is the prefix known.
         self._submit(1, bytes(prefix) + bytes(first))
         self._drain()
         parts = [{"PartNumber": n, "ETag": self._etags[n]} for n in sorted(self._etags)]

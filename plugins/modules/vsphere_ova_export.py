@@ -296,6 +296,7 @@ power:
       description:
         - V(none), V(shutdown) (guest shutdown), V(shutdown_then_poweroff) (guest shutdown timed out or VMware Tools
           not running, then powered off) or V(poweroff).
+        - In check mode, the action that would be tried (V(shutdown) for O(power_off=graceful)).
       type: str
       sample: shutdown
     note:
@@ -394,6 +395,8 @@ class ProgressFile:
         if not force and now - self.last < 1.0:
             return
         self.last = now
+        if phase == "exporting" and done == 0:
+            self.start = now  # rate and ETA of the transfer, not of the power off before it
         elapsed = max(now - self.start, 1e-6)
         rate = done / elapsed
         state = {
@@ -509,7 +512,7 @@ class Destination:
             if note:
                 self.module.warn(note)
             extra = {
-                "ContentType": "application/x-virtualbox-ova",
+                "ContentType": "application/x-tar",
                 "Metadata": {META_UUID: facts["uuid"], META_VERSION: config_version(facts)},
             }
             if p["encrypt"]:
@@ -634,7 +637,9 @@ def run(module, client, left):
             "VM %r is %s and power_off is never: shut it down first, or set power_off to graceful or hard"
             % (facts["name"], facts["power_state"])
         )
-    predicted_action = "none" if facts["power_state"] == "poweredOff" else p["power_off"]
+    predicted_action = "none"
+    if facts["power_state"] != "poweredOff":
+        predicted_action = "poweroff" if p["power_off"] == "hard" else "shutdown"
     diff_after = {
         "power_state": facts["power_state"] if p["restore_power_state"] else "poweredOff",
         "media": [],

@@ -101,7 +101,7 @@ def test_two_disk_vm_with_iso_to_file_and_s3(sim, aws_clean, s3, tmp_path):  # n
     predicted = _result(res)
     assert not predicted.get("failed"), predicted
     assert predicted["changed"] is True
-    assert predicted["power"]["action"] == "graceful"
+    assert predicted["power"]["action"] == "shutdown"
     assert [m["backing"] for m in predicted["media"]] == ["[LocalDS_0] iso/tools.iso"]
     assert predicted["size"] == (8 + 4) << 20
     assert predicted["diff"]["before"]["power_state"] == "poweredOn"
@@ -192,7 +192,7 @@ def test_check_mode_on_a_powered_off_vm_changes_nothing(sim, aws_clean, s3, tmp_
     dest = tmp_path / "vm.ova"
     res = run_playbook([_export(name="DC0_H0_VM1", dest=str(dest), power_off="hard")], env=env, check=True)
     out = _result(res)
-    assert out["changed"] is True and out["power"]["action"] == "hard"
+    assert out["changed"] is True and out["power"]["action"] == "poweroff"
     assert not dest.exists() and list(tmp_path.iterdir()) == []
     assert _vm(sim, "DC0_H0_VM1").runtime.powerState == "poweredOn"
 

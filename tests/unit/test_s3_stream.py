@@ -66,11 +66,19 @@ def test_part_size_fits_10000_parts():
         s3_stream.choose_part_size(60 << 40)
 
 
-def test_prefix_goes_first_and_held_regions_are_patched(s3):
-    """Three holds: in part 1, across the part 2/3 boundary, and in the last part."""
-    tail = bytearray(os.urandom(PART * 3 + 12345))
-    sink = _sink(s3, extra_args={"Metadata": {"vm": "x"}, "ServerSideEncryption": "AES256"})
-    holds = [(100, 512), (2 * PART - 200, 512), (3 * PART + 1000, 512)]
+@pytest.mark.parametrize("part_size", [PART, 8 * MIB])
+def test_prefix_goes_first_and_held_regions_are_patched(s3, part_size):
+    """Holds in part 1, across the part 1/2 and 2/3 boundaries, and in the last part (part 1 holds 5 MiB of tail)."""
+    tail = bytearray(os.urandom(PART + part_size * 3 + 12345))
+    sink = s3_stream.MultipartSink(
+        s3,
+        BUCKET,
+        "k",
+        part_size,
+        extra_args={"Metadata": {"vm": "x"}, "ServerSideEncryption": "AES256"},
+        sleep=lambda s: None,
+    ).start()
+    holds = [(100, 512), (PART - 200, 512), (PART + part_size - 300, 512), (PART + 3 * part_size + 1000, 512)]
     pos = 0
     for off, length in holds:
         sink.write(bytes(tail[pos:off]))
@@ -81,11 +89,14 @@ def test_prefix_goes_first_and_held_regions_are_patched(s3):
     for off, length in reversed(holds):  # patch order does not matter
         sink.patch(off, bytes(tail[off : off + length]))
     result = sink.finish(b"PREFIX" * 1000)
-    assert result["parts"] == 4 and result["part_size"] == PART
+    assert result["parts"] == 5 and result["part_size"] == part_size
     assert _object(s3, "k") == b"PREFIX" * 1000 + bytes(tail)
     head = s3.head_object(Bucket=BUCKET, Key="k")
     assert head["Metadata"] == {"vm": "x"} and head["ServerSideEncryption"] == "AES256"
     assert head["ETag"] == result["etag"]
+    # Part 1 = prefix + 5 MiB of tail, then full parts, then the rest (part sizes as S3 reports them).
+    sizes = [s3.head_object(Bucket=BUCKET, Key="k", PartNumber=n)["ContentLength"] for n in range(1, 6)]
+    assert sizes == [6000 + PART] + [part_size] * 3 + [12345]
     assert _uploads(s3) == []
 
 
