@@ -923,3 +923,14 @@ def test_cli_prints_exports_and_serves_until_stopped():
         time.sleep(0.1)
     else:
         raise AssertionError("server still listening after the CLI stopped")
+
+
+def test_imds_support_sticks_like_on_ec2(aws_clean):
+    """moto drops ModifyImageAttribute ImdsSupport; the simulator keeps it so modules can be idempotent."""
+    ec2 = aws_clean.client("ec2")
+    image_id = ec2.register_image(Name="imds", RootDeviceName="/dev/sda1")["ImageId"]
+    assert "ImdsSupport" not in ec2.describe_images(ImageIds=[image_id])["Images"][0]
+    ec2.modify_image_attribute(ImageId=image_id, ImdsSupport={"Value": "v2.0"})
+    assert ec2.describe_images(ImageIds=[image_id])["Images"][0]["ImdsSupport"] == "v2.0"
+    with pytest.raises(ClientError, match="InvalidParameterValue"):
+        ec2.modify_image_attribute(ImageId=image_id, ImdsSupport={"Value": "v1.0"})

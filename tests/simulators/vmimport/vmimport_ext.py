@@ -1119,8 +1119,29 @@ def _logged(func: Any) -> Any:
     return wrapper
 
 
+def _install_imds_support() -> None:
+    """ModifyImageAttribute ImdsSupport=v2.0 sticks and DescribeImages reports it, as on EC2 (moto drops it)."""
+    stock = getattr(EC2Response.modify_image_attribute, "__wrapped_stock__", EC2Response.modify_image_attribute)
+
+    def modify_image_attribute(self: EC2Response) -> Any:
+        value = (self._get_param("ImdsSupport") or {}).get("Value")
+        if value is not None:
+            self.error_on_dryrun()
+            if value != "v2.0":
+                raise EC2ClientError(
+                    "InvalidParameterValue", f"Value ({value}) for parameter imdsSupport is invalid. Expected: 'v2.0'."
+                )
+            (image,) = self.ec2_backend.describe_images(ami_ids=[self._get_param("ImageId")])
+            image.imds_support = value
+        return stock(self)
+
+    modify_image_attribute.__wrapped_stock__ = stock  # type: ignore[attr-defined]
+    EC2Response.modify_image_attribute = modify_image_attribute  # type: ignore[method-assign]
+
+
 def install() -> None:
     """Add the VM Import actions to moto's EC2 responses (idempotent)."""
+    _install_imds_support()
     EC2Response.import_image = _logged(import_image)  # type: ignore[attr-defined]
     EC2Response.describe_import_image_tasks = _logged(describe_import_image_tasks)  # type: ignore[attr-defined]
     EC2Response.cancel_import_task = _logged(cancel_import_task)  # type: ignore[attr-defined]
