@@ -166,6 +166,16 @@ options:
         (C(ResourceCountLimitExceeded)), in seconds.
     type: int
     default: 900
+  max_active_imports:
+    description:
+      - Before starting a new import, wait until fewer than this many import tasks are active in the account and
+        region (any task, not only this collection's), for up to O(limit_wait_timeout) seconds.
+      - Use it to run many migrations in parallel (Ansible forks) without exceeding a share of the service's quota
+        of active import tasks; V(0) leaves only the service's own limit (C(ResourceCountLimitExceeded) is retried).
+      - Parallel runs check at nearly the same time, so the cap can be exceeded briefly by a task or two; the
+        service's quota is still enforced by the service.
+    type: int
+    default: 0
   progress_file:
     description:
       - A JSON file the module rewrites (atomically) at every poll, for a role to poll and print while the module
@@ -392,6 +402,7 @@ progress_file:
 """
 
 import datetime  # noqa: E402
+import random  # noqa: E402
 import re  # noqa: E402
 import time  # noqa: E402
 
@@ -734,9 +745,45 @@ class ImportModule(object):
         req["ClientToken"] = client_token(
             self.name, dict((k, v) for k, v in req.items() if k != "ClientToken"), len(unusable)
         )
+        self.wait_for_slot()
         task = self.start_import(req)
         self.changed = True
         return self.run_task(task, sources, source_urls, resumed=False)
+
+    def active_task_count(self):
+        count, kwargs = 0, {}
+        while True:
+            page = self.aws("list the import tasks", self.ec2.describe_import_image_tasks, **kwargs)
+            count += sum(1 for t in page.get("ImportImageTasks") or [] if classify(t) == RUNNING)
+            if not page.get("NextToken"):
+                return count
+            kwargs["NextToken"] = page["NextToken"]
+
+    def wait_for_slot(self):
+        """Honour max_active_imports: wait (bounded by limit_wait_timeout) for fewer active import tasks."""
+        limit = self.params["max_active_imports"]
+        if not limit:
+            return
+        # Forks that start together should not all look at the same instant.
+        time.sleep(random.uniform(0, min(2.0, float(self.params["poll_interval"]))))  # noqa: S311 - jitter only
+        deadline = time.monotonic() + self.params["limit_wait_timeout"]
+        while True:
+            active = self.active_task_count()
+            if active < limit:
+                return
+            if time.monotonic() >= deadline:
+                self.fail(
+                    "%d import tasks are active, max_active_imports=%d, and none ended within limit_wait_timeout=%ss: "
+                    "wait for other imports to end, raise max_active_imports, or lengthen limit_wait_timeout"
+                    % (active, limit, self.params["limit_wait_timeout"])
+                )
+            self.progress.write(
+                phase="waiting for an import slot",
+                name=self.name,
+                status="queued",
+                status_message="%d import tasks active, max_active_imports=%d" % (active, limit),
+            )
+            time.sleep(max(1.0, float(self.params["poll_interval"])))
 
     def start_import(self, req):
         limit_rule = RetryRule(
@@ -1106,6 +1153,7 @@ def main():
         wait_timeout=dict(type="int", default=7200),
         poll_interval=dict(type="float", default=15),
         limit_wait_timeout=dict(type="int", default=900),
+        max_active_imports=dict(type="int", default=0),
         progress_file=dict(type="path"),
         delete_source=dict(type="bool", default=False),
         ami_name=dict(type="str"),
@@ -1134,6 +1182,8 @@ def main():
         module.fail_json(msg="license_type AWS is not available for Linux images: use BYOL or leave it unset")
     if p["wait_timeout"] < 0 or p["limit_wait_timeout"] < 0:
         module.fail_json(msg="wait_timeout and limit_wait_timeout must be 0 or more seconds")
+    if p["max_active_imports"] < 0:
+        module.fail_json(msg="max_active_imports must be 0 (no cap of ours) or a positive number of tasks")
     if not p["name"].strip() or len(p["name"]) > 256:
         module.fail_json(
             msg="name must be 1-256 characters: it becomes the Name tag of the task, the AMI and snapshots"

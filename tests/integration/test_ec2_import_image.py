@@ -243,6 +243,23 @@ def test_waits_for_a_free_import_slot(sim):
     assert sim.counters()["calls"]["ImportImage"] >= 3  # first, refused at least once, then accepted
 
 
+def test_max_active_imports_waits_for_our_own_cap(sim):
+    # The service's quota is 1 too: had the module not waited, ImportImage would have been refused first.
+    sim.configure(max_active_tasks=1, task_duration=6.0)
+    res = run(
+        sim,
+        [
+            role_task(),
+            import_task(label="first", name="first", wait=False),
+            import_task(label="second", name="second", max_active_imports=1, poll_interval=0.5),
+        ],
+    )
+    assert ok(res, "first")["status"] == "active"
+    second = ok(res, "second")
+    assert second["status"] == "completed" and not second["import_retries"], second
+    assert sim.counters()["calls"]["ImportImage"] == 2  # never refused: the module waited before asking
+
+
 def test_ami_name_imds_and_delete_source(sim):
     ec2 = sim.client("ec2")
     s3 = sim.client("s3")
