@@ -112,6 +112,9 @@ def test_apply_prepares_the_guest(runs, guest):  # noqa: F811
     assert res.rc == 0, res
     report = _report(res)
     assert report["ready"] is True and report["blockers"] == []
+    assert report["warnings"] == [
+        "running in a container: file system, disk and boot loader checks skipped, boot loader writes skipped"
+    ]
     assert report["in_container"] is True and report["bootloader_writes"] is False
     assert report["stock_kernel"].endswith("-amd64")
     assert report["parts"]["kernel"]["installed"] == ["linux-image-amd64"]
