@@ -8,7 +8,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
 export PATH := $(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: deps test sanity lint ruff ansible-lint shellcheck units integration demo demo-fast build docs-check clean
+.PHONY: deps test sanity lint ruff ansible-lint shellcheck changelog-lint units integration demo demo-fast build docs-check clean
 
 deps:
 	@tests/bootstrap.sh
@@ -18,7 +18,7 @@ test: deps sanity lint units integration
 sanity: deps
 	tests/sanity.sh
 
-lint: deps ruff ansible-lint shellcheck
+lint: deps ruff ansible-lint shellcheck changelog-lint
 
 ruff:
 	$(VENV)/bin/ruff check .
@@ -28,6 +28,9 @@ ansible-lint:
 	@if [ -n "$$(ls -A roles playbooks 2>/dev/null)" ]; then \
 	  $(VENV)/bin/ansible-lint --profile production --offline roles playbooks; \
 	else echo "ansible-lint: no roles or playbooks yet"; fi
+
+changelog-lint:
+	$(VENV)/bin/antsibull-changelog lint
 
 shellcheck:
 	git ls-files -co --exclude-standard '*.sh' | xargs -r shellcheck
