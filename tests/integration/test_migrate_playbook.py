@@ -113,3 +113,34 @@ def test_two_vms_one_rejected_then_idempotent_rerun(two_vms):
     assert server.counters()["calls"].get("ImportImage", 0) == imports_before
     head_after = s3.head_object(Bucket=BUCKET, Key="esxi2ami/app-good.ova")
     assert head_after["ETag"] == head_before["ETag"] and head_after["LastModified"] == head_before["LastModified"]
+
+
+def test_staged_export_then_upload(tmp_path, vcsim_factory, aws_clean):
+    """vm_to_ami_stream: false writes the OVA to a local directory, uploads it with amazon.aws.s3_object,
+    and imports it like the streamed one."""
+    disk = make_raw_disk(tmp_path / "staged.raw", 8 << 20, content=b"staged")
+    vcenter = vcsim_factory(config={"vms": [disk_vm("app-staged", disk, guest_id="debian12_64Guest")]}, defaults=False)
+    aws_clean.configure(task_duration=2.0)
+    aws_clean.client("s3").create_bucket(Bucket=BUCKET)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"app-staged": {"esxi2ami_skip_guest_prepare": True}}}}))
+    extra = tmp_path / "vars.yml"
+    extra.write_text(
+        yaml.safe_dump(
+            {
+                "vm_to_ami_s3_bucket": BUCKET,
+                "vm_to_ami_stream": False,
+                "vm_to_ami_local_dir": str(staging),
+                "vm_to_ami_poll_interval": 1,
+            }
+        )
+    )
+    run = ansible_playbook(tmp_path, dict(vcenter.env, **aws_clean.env), "-i", str(inventory), "-e", "@%s" % extra)
+    assert run.returncode == 0, run.stdout + run.stderr
+    local = staging / "app-staged.ova"
+    s3_copy = aws_clean.client("s3").get_object(Bucket=BUCKET, Key="esxi2ami/app-staged.ova")["Body"].read()
+    assert local.read_bytes() == s3_copy  # the object is the staged file, byte for byte
+    (image,) = aws_clean.client("ec2").describe_images(Owners=["self"])["Images"]
+    assert {t["Key"]: t["Value"] for t in image["Tags"]}["esxi2ami:source-vm"] == "app-staged"
