@@ -39,7 +39,7 @@ units: deps
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 integration: deps
-	$(PY) -m pytest tests/simulators tests/fixtures tests/integration $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=15 tests/simulators tests/fixtures tests/integration $(PYTEST_ARGS)
 
 build: deps
 	$(VENV)/bin/ansible-galaxy collection build --force --output-path .build/dist .
