@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 
 import pytest
 from pyVmomi import vim, vmodl
@@ -395,7 +396,6 @@ def _descendants(pid):
 def test_sigterm_mid_upload_aborts_it(aws_clean, s3, tmp_path, big_disk):  # noqa: F811
     """An AWX job cancel sends SIGTERM: the module gives the lease back and aborts the multipart upload."""
     import signal  # noqa: PLC0415
-    import time  # noqa: PLC0415
 
     import yaml  # noqa: PLC0415
 
@@ -443,3 +443,20 @@ def test_sigterm_mid_upload_aborts_it(aws_clean, s3, tmp_path, big_disk):  # noq
                 proc.wait()
         assert _uploads(s3) == []
         assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
+
+
+def test_a_changed_vm_is_exported_again(aws_clean, s3, sim, tmp_path):  # noqa: F811
+    env = _env(sim, aws_clean)
+    dest = "s3://%s/changes.ova" % BUCKET
+    first = _result(run_playbook([_export(dest=dest, power_off="hard")], env=env))
+    assert first["changed"] and not first.get("failed"), first
+    vm = _vm(sim, TWO_DISK_VM)
+    task = vm.ReconfigVM_Task(vim.vm.ConfigSpec(annotation="changed after the export"))
+    while task.info.state not in ("success", "error"):
+        time.sleep(0.1)
+    assert task.info.state == "success"
+    again = _result(run_playbook([_export(dest=dest, power_off="hard")], env=env))
+    assert again["changed"] is True and not again.get("failed"), again
+    assert again["vm"]["change_version"] != first["vm"]["change_version"]
+    head = s3.head_object(Bucket=BUCKET, Key="changes.ova")
+    assert head["Metadata"]["esxi2ami-vm-change-version"] == again["vm"]["change_version"]
