@@ -141,8 +141,9 @@ options:
 notes:
   - The controller needs no disk space for an S3 export; for a local file, the size of the OVA.
   - A local file is written as C(<dest>.partial) and renamed when complete.
-  - The S3 permissions needed are C(s3:PutObject), C(s3:AbortMultipartUpload) and, for O(overwrite=different),
-    C(s3:GetObject) (HeadObject) on the key; with KMS, C(kms:GenerateDataKey) on the key.
+  - The S3 permissions needed are C(s3:PutObject), C(s3:AbortMultipartUpload) and C(s3:GetObject) (HeadObject, for
+    O(overwrite)) on the key, and C(s3:ListBucket) on the bucket (HeadBucket: the bucket is checked before the VM is
+    touched); with KMS, C(kms:GenerateDataKey) on the key.
   - Needs C(pyvmomi) and C(boto3) on the host that runs the module.
   - SIGTERM (a cancelled AWX job) aborts the upload and the lease like any failure. A process killed with SIGKILL
     cannot clean up; an C(AbortIncompleteMultipartUpload) lifecycle rule on the bucket removes what such a kill
