@@ -142,7 +142,7 @@ notes:
   - The controller needs no disk space for an S3 export; for a local file, the size of the OVA.
   - A local file is written as C(<dest>.partial) and renamed when complete.
   - The S3 permissions needed are C(s3:PutObject), C(s3:AbortMultipartUpload) and C(s3:GetObject) (HeadObject, for
-    O(overwrite)) on the key, and C(s3:ListBucket) on the bucket (HeadBucket: the bucket is checked before the VM is
+    O(overwrite)) on the key, and C(s3:ListBucket) on the bucket (HeadBucket, to check the bucket before the VM is
     touched); with KMS, C(kms:GenerateDataKey) on the key.
   - Needs C(pyvmomi) and C(boto3) on the host that runs the module.
   - SIGTERM (a cancelled AWX job) aborts the upload and the lease like any failure. A process killed with SIGKILL
