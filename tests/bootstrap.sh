@@ -10,7 +10,7 @@ ANSIBLE_PKG_VERSION=${ANSIBLE_PKG_VERSION:-12.3.0}   # the `ansible` package tha
 
 APT_PACKAGES=(python3-venv golang-go golang-github-vmware-govmomi-dev qemu-utils qemu-system-x86 debootstrap
   systemd-container libguestfs-tools zstd shellcheck bc iproute2 openssh-client rsync unzip socat git fdisk
-  e2fsprogs util-linux make)
+  e2fsprogs util-linux make dosfstools mtools)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
