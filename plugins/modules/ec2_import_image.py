@@ -140,7 +140,8 @@ options:
       - The AMI and snapshots get C(Name=)O(name) unless a C(Name) key is given here. The task's C(Name) tag is
         always O(name), because later runs find the task by it.
       - Tags are added or updated; other tags on the AMI and snapshots are left alone.
-      - Keys starting with C(aws:) are refused.
+      - Keys starting with C(aws:) are refused, and so are tags over EC2's limits (50 tags per resource with
+        C(Name), keys of 1-128 characters, values of up to 256).
     type: dict
     default: {}
     aliases: [resource_tags]
@@ -195,6 +196,7 @@ options:
       - Name for the AMI. VM Import cannot name an AMI, so the module copies the imported image with this name
         (CopyImage, keeping encryption and the KMS key), then deregisters the intermediate image and deletes its
         snapshots.
+      - 3-128 characters, only letters, digits, spaces and C(\( \) [ ] . / - ' @ _) (what EC2 accepts).
     type: str
   imds_support:
     description:
@@ -225,6 +227,8 @@ notes:
     C(ec2:DescribeImages), C(ec2:CreateTags), C(ec2:DescribeTags), C(iam:PassRole) on the service role, and for the
     options that use them C(ec2:CopyImage), C(ec2:DeregisterImage), C(ec2:DeleteSnapshot),
     C(ec2:ModifyImageAttribute), C(s3:DeleteObject) and C(s3:GetObject) (HeadObject).
+  - Before a new import (also in check mode) the module reads each bucket's region (C(s3:GetBucketLocation)) and
+    refuses a bucket that does not exist or is not in the import's region; without that permission it only warns.
   - Check mode reads the current state and predicts the result; it never calls ImportImage or changes anything.
 seealso:
   - module: esxi2ami.migrate.ec2_vmimport_role
@@ -447,6 +451,31 @@ except ImportError:
     pass  # handled by AnsibleAWSModule
 
 ROLE_PROPAGATION_BUDGET = 90.0
+# AWS: 3-128 characters, letters, digits, ( ) [ ] space . / - ' @ _ (fullmatch: no trailing newline slips through).
+AMI_NAME_RE = re.compile(r"[A-Za-z0-9()\[\] ./'@_-]{3,128}")
+# EC2 tag limits per resource: 50 tags, keys 1-128 characters, values up to 256.
+MAX_TAGS, MAX_TAG_KEY, MAX_TAG_VALUE = 50, 128, 256
+
+
+def tag_limits_problem(tags, name):
+    """A message naming the tags over EC2's limits (the AMI and snapshots also get Name), or None."""
+    wanted = dict({"Name": name}, **dict((str(k), "" if v is None else str(v)) for k, v in tags.items()))
+    problems = []
+    if len(wanted) > MAX_TAGS:
+        problems.append(
+            "%d tags (Name included) but EC2 allows %d per resource: drop %d"
+            % (len(wanted), MAX_TAGS, len(wanted) - MAX_TAGS)
+        )
+    for key, value in wanted.items():
+        if not key or len(key) > MAX_TAG_KEY:
+            problems.append("key %r is %d characters; keys must be 1-%d" % (key[:40], len(key), MAX_TAG_KEY))
+        if len(value) > MAX_TAG_VALUE:
+            problems.append(
+                "the value of %r is %d characters; values may have up to %d" % (key, len(value), MAX_TAG_VALUE)
+            )
+    if not problems:
+        return None
+    return "tags are over EC2's tag limits: %s. Shorten or remove those tags" % "; ".join(problems)
 
 
 def _aws_errors():
@@ -728,6 +757,7 @@ class ImportModule(object):
             return self.run_task(task, sources, source_urls, resumed=True)
 
         self.before = self.state(None, None)
+        self.check_buckets(sources)
         if self.module.check_mode:
             self.changed = True
             return self.exit(
@@ -749,6 +779,43 @@ class ImportModule(object):
         task = self.start_import(req)
         self.changed = True
         return self.run_task(task, sources, source_urls, resumed=False)
+
+    def check_buckets(self, sources):
+        """Before a new import (check mode too): every bucket exists and is in the import's region.
+
+        VM Import reads only buckets of its own region and otherwise fails minutes later with "The given S3 bucket
+        is not local to the region"; without s3:GetBucketLocation the check is skipped with a warning.
+        """
+        region = self.module.region
+        for bucket in sorted(set(b for b, _k, _f, _e in sources)):
+            try:
+                found = self.s3.get_bucket_location(Bucket=bucket, aws_retry=True).get("LocationConstraint")
+            except is_boto3_error_code(["NoSuchBucket", "404", "NotFound"]):
+                self.fail(
+                    "S3 bucket %s (from %s) does not exist: fix the bucket name, or create the bucket in %s and upload "
+                    "the image" % (bucket, self.source_option(), region)
+                )
+            except is_boto3_error_code(["AccessDenied", "403", "AllAccessDisabled"]):  # pylint: disable=duplicate-except
+                self.module.warn(
+                    "Could not read the region of S3 bucket %s (s3:GetBucketLocation denied); VM Import fails if it is "
+                    "not in %s" % (bucket, region)
+                )
+                continue
+            except _aws_errors() as e:  # pylint: disable=duplicate-except
+                self.fail("Could not read the region of S3 bucket %s" % bucket, exception=e)
+            found = {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(found, found)
+            if region and found != region:
+                self.fail(
+                    "S3 bucket %s (from %s) is in region %s but the import runs in %s, and VM Import reads only "
+                    "buckets of its own region: run the import in %s (the region option or AWS_REGION), or copy the "
+                    "image to a bucket in %s" % (bucket, self.source_option(), found, region, found, region)
+                )
+
+    def source_option(self):
+        p = self.params
+        if p.get("disk_containers"):
+            return "disk_containers"
+        return "s3_url" if p.get("s3_url") else "s3_bucket"
 
     def active_task_count(self):
         count, kwargs = 0, {}
@@ -1192,12 +1259,15 @@ def main():
     reserved = sorted(k for k in tags if str(k).lower().startswith("aws:"))
     if reserved:
         module.fail_json(msg="tags: keys starting with aws: are reserved by AWS: %s" % ", ".join(reserved))
+    tag_problem = tag_limits_problem(tags, p["name"])
+    if tag_problem:
+        module.fail_json(msg=tag_problem)
     if p["poll_interval"] <= 0:
         module.fail_json(msg="poll_interval must be more than 0 seconds")
-    if p["ami_name"] is not None and not re.match(r"^[A-Za-z0-9()\[\] ./'@_-]{3,128}$", p["ami_name"]):
+    if p["ami_name"] is not None and not AMI_NAME_RE.fullmatch(p["ami_name"]):
         module.fail_json(
-            msg="ami_name %r is not a valid AMI name: 3-128 letters, digits and ( ) [ ] space . / ' @ _ -"
-            % p["ami_name"]
+            msg="ami_name %r is not a valid AMI name: use 3-128 characters, only letters, digits, spaces and "
+            "( ) [ ] . / - ' @ _" % p["ami_name"]
         )
     runner = ImportModule(module)
     if p["state"] == "present":
