@@ -38,7 +38,7 @@ PLANS = {
     "export_stream": ([["--size-mib", "32"]], [["--size-mib", "1024"], ["--size-mib", "4096"]]),
     "upload_sink": (["--size-mib", "64", "--rounds", "2"], ["--size-mib", "1024", "--rounds", "3"]),
     "import_wait": (
-        ["--task-duration", "5", "--poll-interval", "1", "--trials", "1"],
+        ["--task-duration", "6", "--poll-interval", "1", "--trials", "1"],
         ["--task-duration", "20", "--poll-interval", "5", "--trials", "3"],
     ),
     "playbook_scale": (

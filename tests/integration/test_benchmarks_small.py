@@ -56,7 +56,7 @@ def test_run_small_writes_every_benchmark_result(tmp_path):
     assert wait["valid_trials"] == len(wait["trials"]), wait["trials"]
     for t in wait["trials"]:
         assert t["latency_s"] is not None and t["seen_after_s"] is not None, t
-        assert t["first_poll_calls"].get("ImportImage") == 1, t
+        assert t["start_calls"].get("ImportImage") == 1, t
     # one DescribeImportImageTasks per poll while the task is active: a count, not a time
     assert wait["polls_counted"] > 0 and wait["max_calls_per_poll"] == 1, wait["trials"]
 
