@@ -11,7 +11,6 @@ import json
 import pytest
 
 from tests.integration.playbook import run_playbook
-from tests.simulators.vmimport.fixtures import aws, aws_clean  # noqa: F401  # pylint: disable=unused-import
 from tests.simulators.vmimport.ova_builder import build_ova, make_raw_disk
 
 IMPORT = "esxi2ami.migrate.ec2_import_image"
@@ -36,7 +35,7 @@ def ovas(tmp_path_factory):
 
 
 @pytest.fixture
-def sim(aws_clean, ovas):  # noqa: F811
+def sim(aws_clean, ovas):
     """Clean server with the bucket and the good OVA uploaded; fast tasks."""
     aws_clean.configure(task_duration=3.0)
     s3 = aws_clean.client("s3")

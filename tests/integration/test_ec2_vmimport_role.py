@@ -8,7 +8,6 @@ evaluates the trust and permissions policies the way the real one does.
 import json
 
 from tests.integration.playbook import run_playbook
-from tests.simulators.vmimport.fixtures import aws, aws_clean  # noqa: F401  # pylint: disable=unused-import
 
 ROLE = "esxi2ami.migrate.ec2_vmimport_role"
 
@@ -31,7 +30,7 @@ def as_list(value):
     return value if isinstance(value, list) else [value]
 
 
-def test_create_check_mode_then_apply_then_unchanged(aws_clean):  # noqa: F811
+def test_create_check_mode_then_apply_then_unchanged(aws_clean):
     iam = aws_clean.client("iam")
     kms = aws_clean.client("kms")
     key_arn = kms.create_key(Description="vmimport test")["KeyMetadata"]["Arn"]
@@ -98,7 +97,7 @@ def test_create_check_mode_then_apply_then_unchanged(aws_clean):  # noqa: F811
     assert res.task("role")["changed"] is False
 
 
-def test_locations_are_kept_unless_purged(aws_clean):  # noqa: F811
+def test_locations_are_kept_unless_purged(aws_clean):
     iam = aws_clean.client("iam")
     run(aws_clean, [role_task(s3_locations=["bucket-one/exports/"])])
     # a second migration from another bucket: the first location stays
@@ -124,7 +123,7 @@ def test_locations_are_kept_unless_purged(aws_clean):  # noqa: F811
     assert "license-manager:GetLicenseConfiguration" in statements(policy)["VmImportLicenseManager"]["Action"]
 
 
-def test_repairs_a_hand_made_trust_policy_and_custom_names(aws_clean):  # noqa: F811
+def test_repairs_a_hand_made_trust_policy_and_custom_names(aws_clean):
     iam = aws_clean.client("iam")
     weak_trust = {
         "Version": "2012-10-17",
@@ -151,7 +150,7 @@ def test_repairs_a_hand_made_trust_policy_and_custom_names(aws_clean):  # noqa: 
     assert out["arn"] == "arn:aws:iam::123456789012:role/service/vmimport-eu"
 
 
-def test_bad_input_fails_clearly_and_creates_nothing(aws_clean):  # noqa: F811
+def test_bad_input_fails_clearly_and_creates_nothing(aws_clean):
     iam = aws_clean.client("iam")
     res = run(
         aws_clean,
@@ -172,7 +171,7 @@ def test_bad_input_fails_clearly_and_creates_nothing(aws_clean):  # noqa: F811
     assert iam.list_roles()["Roles"] == []
 
 
-def test_absent_deletes_role_and_policies(aws_clean):  # noqa: F811
+def test_absent_deletes_role_and_policies(aws_clean):
     iam = aws_clean.client("iam")
     run(aws_clean, [role_task(s3_locations=["bucket-one"])])
     res = run(aws_clean, [role_task(state="absent")], check=True)
@@ -184,7 +183,7 @@ def test_absent_deletes_role_and_policies(aws_clean):  # noqa: F811
     assert iam.list_roles()["Roles"] == []
 
 
-def test_boundary_and_tags_follow_the_options(aws_clean):  # noqa: F811
+def test_boundary_and_tags_follow_the_options(aws_clean):
     iam = aws_clean.client("iam")
     boundary = iam.create_policy(
         PolicyName="vmimport-boundary",

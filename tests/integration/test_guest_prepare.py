@@ -10,14 +10,6 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.guest import guest as guest_lib
-from tests.fixtures.guest.fixtures import (  # noqa: F401 - pytest fixtures  # pylint: disable=unused-import
-    guest,
-    guest_cache,
-    guest_rootfs,
-    guest_rootfs_factory,
-    guest_work_dir,
-    imds_login_key,
-)
 from tests.integration.playbook import run_playbook
 
 HOST = "guest-fixture"
@@ -71,7 +63,7 @@ def _report(result):
 
 
 @pytest.fixture(scope="module")
-def runs(guest):  # noqa: F811
+def runs(guest):
     """The four runs of the Done-means flow, with snapshots of the tree around the first check."""
     tree = guest.rootfs
     root_uuid = guest_lib.root_uuid_of(tree)
@@ -107,7 +99,7 @@ def test_first_check_mode_reports_changes_and_changes_nothing(runs):
     assert _report(res)["check_mode"] is True
 
 
-def test_apply_prepares_the_guest(runs, guest):  # noqa: F811
+def test_apply_prepares_the_guest(runs, guest):
     res = runs["apply1"]
     assert res.rc == 0, res
     report = _report(res)
@@ -146,14 +138,14 @@ def test_second_runs_change_nothing(runs, name):
 
 
 @pytest.fixture(scope="module")
-def disk(runs, guest, guest_work_dir):  # noqa: F811
+def disk(runs, guest, guest_work_dir):
     """The prepared tree as a bootable disk (the container is stopped first)."""
     guest.stop()
     raw, _vmdk = guest_lib.build_disk(guest.rootfs, guest_work_dir / "gp-disk", name="prepared", vmdk=False)
     return raw
 
 
-def test_offline_inspection_confirms_the_changes(runs, disk, guest_cache):  # noqa: F811
+def test_offline_inspection_confirms_the_changes(runs, disk, guest_cache):
     stock = _report(runs["apply1"])["stock_kernel"]
     found = guest_lib.inspect(
         disk,
@@ -193,7 +185,7 @@ def test_offline_inspection_confirms_the_changes(runs, disk, guest_cache):  # no
     assert int(cmds[next(c for c in cmds if c.startswith("test -x"))]["output"].strip()) >= 1
 
 
-def test_boot_check_dhcp_imdsv2_key_and_ssh(runs, disk, imds_login_key, guest_work_dir):  # noqa: F811
+def test_boot_check_dhcp_imdsv2_key_and_ssh(runs, disk, imds_login_key, guest_work_dir):
     key, _pub = imds_login_key
     result = guest_lib.boot_check(disk, "admin", key, work_dir=guest_work_dir / "gp-boot")
     assert result["got_address"], result
@@ -210,11 +202,11 @@ def test_boot_check_dhcp_imdsv2_key_and_ssh(runs, disk, imds_login_key, guest_wo
     ]
 
 
-def test_systemd_timer_created_user_and_cloud_init_options(  # noqa: F811
-    guest_rootfs_factory,  # noqa: F811
-    guest_cache,  # noqa: F811
-    guest_work_dir,  # noqa: F811
-    imds_login_key,  # noqa: F811
+def test_systemd_timer_created_user_and_cloud_init_options(
+    guest_rootfs_factory,
+    guest_cache,
+    guest_work_dir,
+    imds_login_key,
 ):
     """The non-default options on a second guest: systemd timer instead of cron, a login user the role
     creates (with sudo), cloud-init switched to the EC2 datasource, and the IMDS endpoint taken from the

@@ -8,7 +8,6 @@ import pytest
 from ansible_collections.esxi2ami.migrate.plugins.module_utils import ova
 from ansible_collections.esxi2ami.migrate.plugins.modules.ova_info import s3_reader
 from tests.integration.playbook import run_playbook
-from tests.simulators.vmimport.fixtures import aws, aws_clean  # noqa: F401  # pylint: disable=unused-import
 from tests.simulators.vmimport.ova_builder import build_ova, make_raw_disk
 
 BUCKET = "ovas"
@@ -54,7 +53,7 @@ def _info(name, src, validate):
     return {"name": name, MODULE: {"src": src, "validate": validate}, "ignore_errors": True}
 
 
-def test_good_ova_local_and_in_s3(aws_clean, s3, ovas):  # noqa: F811
+def test_good_ova_local_and_in_s3(aws_clean, s3, ovas):
     res = run_playbook(
         [_info("local", str(ovas["good"]), True), _info("s3", "s3://%s/good.ova" % BUCKET, True)],
         env=aws_clean.env,
@@ -82,7 +81,7 @@ def test_good_ova_local_and_in_s3(aws_clean, s3, ovas):  # noqa: F811
 
 
 @pytest.mark.parametrize("name", sorted(BAD))
-def test_bad_ovas_fail_validation_with_the_reason(aws_clean, s3, ovas, name):  # noqa: F811
+def test_bad_ovas_fail_validation_with_the_reason(aws_clean, s3, ovas, name):
     reason = BAD[name][1]
     res = run_playbook(
         [
@@ -100,7 +99,7 @@ def test_bad_ovas_fail_validation_with_the_reason(aws_clean, s3, ovas, name):  #
     assert not report.get("failed") and any(reason in p for p in report["problems"])
 
 
-def test_unreadable_sources(aws_clean, s3, ovas, tmp_path):  # noqa: F811
+def test_unreadable_sources(aws_clean, s3, ovas, tmp_path):
     res = run_playbook(
         [
             _info("notar", str(ovas["notar"]), True),
@@ -118,7 +117,7 @@ def test_unreadable_sources(aws_clean, s3, ovas, tmp_path):  # noqa: F811
     assert "must look like s3://bucket/key.ova" in res.task("bad url")["msg"]
 
 
-def test_s3_reads_are_ranged_and_small(aws_clean, s3, ovas):  # noqa: F811
+def test_s3_reads_are_ranged_and_small(aws_clean, s3, ovas):
     read, size = s3_reader(s3, BUCKET, "good.ova")
     total = []
 

@@ -18,7 +18,6 @@ from pyVmomi import vim, vmodl
 from ansible_collections.esxi2ami.migrate.plugins.module_utils import ova, s3_stream, vsphere
 from tests.integration.playbook import run_playbook
 from tests.simulators.vcsim.launcher import TWO_DISK_VM, Vcsim, disk_vm
-from tests.simulators.vmimport.fixtures import aws, aws_clean  # noqa: F401  # pylint: disable=unused-import
 
 BUCKET = "exports"
 MODULE = "esxi2ami.migrate.vsphere_ova_export"
@@ -91,7 +90,7 @@ def s3(aws_clean):  # noqa: F811 - pytest fixture
     return client
 
 
-def test_two_disk_vm_with_iso_to_file_and_s3(sim, aws_clean, s3, tmp_path):  # noqa: F811
+def test_two_disk_vm_with_iso_to_file_and_s3(sim, aws_clean, s3, tmp_path):
     env = _env(sim, aws_clean)
     dest_file = str(tmp_path / "vm.ova")
     dest_s3 = "s3://%s/ova/vm.ova" % BUCKET
@@ -188,7 +187,7 @@ def test_two_disk_vm_with_iso_to_file_and_s3(sim, aws_clean, s3, tmp_path):  # n
     assert _uploads(s3) == []
 
 
-def test_check_mode_on_a_powered_off_vm_changes_nothing(sim, aws_clean, s3, tmp_path):  # noqa: F811
+def test_check_mode_on_a_powered_off_vm_changes_nothing(sim, aws_clean, s3, tmp_path):
     env = _env(sim, aws_clean)
     dest = tmp_path / "vm.ova"
     res = run_playbook([_export(name="DC0_H0_VM1", dest=str(dest), power_off="hard")], env=env, check=True)
@@ -198,7 +197,7 @@ def test_check_mode_on_a_powered_off_vm_changes_nothing(sim, aws_clean, s3, tmp_
     assert _vm(sim, "DC0_H0_VM1").runtime.powerState == "poweredOn"
 
 
-def test_keepalive_outlasts_the_lease_timeout(aws_clean, s3, tmp_path):  # noqa: F811
+def test_keepalive_outlasts_the_lease_timeout(aws_clean, s3, tmp_path):
     # Each disk downloads for several lease timeouts: only a working keep-alive gets the export through.
     with Vcsim(lease_timeout=2, rate_limit=64 << 10) as sim:
         res = run_playbook([_export(dest="s3://%s/slow.ova" % BUCKET, power_off="hard")], env=_env(sim, aws_clean))
@@ -210,7 +209,7 @@ def test_keepalive_outlasts_the_lease_timeout(aws_clean, s3, tmp_path):  # noqa:
         assert _uploads(s3) == []
 
 
-def test_connection_cut_mid_disk_leaves_nothing(aws_clean, s3, tmp_path, big_disk):  # noqa: F811
+def test_connection_cut_mid_disk_leaves_nothing(aws_clean, s3, tmp_path, big_disk):
     config = {"vms": [disk_vm("big", big_disk, power="poweredOn")]}
     with Vcsim(config=config, cut_after=17 << 20) as sim:
         env = _env(sim, aws_clean)
@@ -237,7 +236,7 @@ def test_connection_cut_mid_disk_leaves_nothing(aws_clean, s3, tmp_path, big_dis
         assert list(tmp_path.iterdir()) == []
 
 
-def test_cut_aborts_the_lease_and_the_multipart_upload(aws_clean, s3, big_disk):  # noqa: F811
+def test_cut_aborts_the_lease_and_the_multipart_upload(aws_clean, s3, big_disk):
     """The same failure one level down, where the lease and the parts can be looked at afterwards."""
     with Vcsim(config={"vms": [disk_vm("big", big_disk)]}, cut_after=17 << 20) as sim:
         client = vsphere.VSphereClient(sim.host, sim.user, sim.password, port=sim.port, validate_certs=False)
@@ -269,7 +268,7 @@ def test_cut_aborts_the_lease_and_the_multipart_upload(aws_clean, s3, big_disk):
         client.close()
 
 
-def test_power_off_modes(aws_clean, tmp_path):  # noqa: F811
+def test_power_off_modes(aws_clean, tmp_path):
     with Vcsim(shutdown_delay=30) as sim:
         env = _env(sim, aws_clean)
         res = run_playbook(
@@ -306,7 +305,7 @@ def test_power_off_modes(aws_clean, tmp_path):  # noqa: F811
         assert _vm(sim, "DC0_H0_VM1").runtime.powerState == "poweredOff"
 
 
-def test_ambiguous_and_missing_names(aws_clean, tmp_path):  # noqa: F811
+def test_ambiguous_and_missing_names(aws_clean, tmp_path):
     config = {"vms": [{"name": "twin", "folder": "a"}, {"name": "twin", "folder": "b"}]}
     with Vcsim(config=config) as sim:
         res = run_playbook(
@@ -327,7 +326,7 @@ def test_ambiguous_and_missing_names(aws_clean, tmp_path):  # noqa: F811
         assert res.task("in folder")["changed"] is True
 
 
-def test_bad_dest_is_named(aws_clean, tmp_path, sim):  # noqa: F811
+def test_bad_dest_is_named(aws_clean, tmp_path, sim):
     res = run_playbook(
         [
             _export(dest="s3://only-bucket"),
@@ -365,13 +364,29 @@ def test_ova_reader_reads_the_export(tmp_path):
     assert res["size"] == size
 
 
-def test_tls_verification_is_on_by_default(aws_clean, sim, tmp_path):  # noqa: F811
+def test_tls_verification_is_on_by_default(aws_clean, sim, tmp_path):
     env = _env(sim, aws_clean)
     del env["VMWARE_VALIDATE_CERTS"]
     res = run_playbook([_export(dest=str(tmp_path / "v.ova"))], env=env)
     out = _result(res)
     assert out["failed"] and "TLS verification of 127.0.0.1:%d failed" % sim.port in out["msg"], out["msg"]
     assert _vm(sim, TWO_DISK_VM).runtime.powerState == "poweredOn"
+
+
+def test_verified_tls_end_to_end_with_a_trusted_ca(aws_clean, tmp_path):
+    """validate_certs on (the default), the server's CA trusted the standard way (SSL_CERT_FILE): the API and
+    every disk download are verified and the export works; the same server without the CA is refused."""
+    with Vcsim(trusted_tls=True) as sim:
+        env = _env(sim, aws_clean)
+        del env["VMWARE_VALIDATE_CERTS"]
+        refused = _result(run_playbook([_export(dest=str(tmp_path / "refused.ova"))], env=env))
+        assert refused["failed"] and "TLS verification of 127.0.0.1:%d failed" % sim.port in refused["msg"]
+        assert _vm(sim, TWO_DISK_VM).runtime.powerState == "poweredOn"
+        env["SSL_CERT_FILE"] = str(sim.ca_file)
+        out = _result(run_playbook([_export(dest=str(tmp_path / "verified.ova"), power_off="hard")], env=env))
+        assert not out.get("failed"), out
+        names = _members_and_manifest(tmp_path / "verified.ova")[0]
+        assert names[0].endswith(".ovf") and len([n for n in names if n.endswith(".vmdk")]) == 2
 
 
 def _descendants(pid):
@@ -393,7 +408,7 @@ def _descendants(pid):
     return out
 
 
-def test_sigterm_mid_upload_aborts_it(aws_clean, s3, tmp_path, big_disk):  # noqa: F811
+def test_sigterm_mid_upload_aborts_it(aws_clean, s3, tmp_path, big_disk):
     """An AWX job cancel sends SIGTERM: the module gives the lease back and aborts the multipart upload."""
     import signal  # noqa: PLC0415
 
@@ -445,7 +460,7 @@ def test_sigterm_mid_upload_aborts_it(aws_clean, s3, tmp_path, big_disk):  # noq
         assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
 
 
-def test_a_changed_vm_is_exported_again(aws_clean, s3, sim, tmp_path):  # noqa: F811
+def test_a_changed_vm_is_exported_again(aws_clean, s3, sim, tmp_path):
     env = _env(sim, aws_clean)
     dest = "s3://%s/changes.ova" % BUCKET
     first = _result(run_playbook([_export(dest=dest, power_off="hard")], env=env))

@@ -232,6 +232,68 @@ def resolve_config(config: dict | None, defaults: bool = True) -> dict:
 # --- the server --------------------------------------------------------------------------------
 
 
+def tls_material(directory: Path) -> dict[str, Path]:
+    """A private CA and a 2048-bit server certificate for 127.0.0.1 (made once per directory).
+
+    Lets tests run with TLS verification ON, as users should: trust the CA (SSL_CERT_FILE) and set
+    VMWARE_VALIDATE_CERTS=true. Go's built-in test certificate is RSA-1024, which OpenSSL refuses.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    files = {"ca": directory / "ca.pem", "cert": directory / "server.pem", "key": directory / "server.key"}
+    if all(f.exists() for f in files.values()):
+        return files
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("esxi2ami test CA"))
+        .issuer_name(name("esxi2ami test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("127.0.0.1"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files["key"].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    files["key"].chmod(0o600)
+    return files
+
+
 def _insecure() -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
@@ -255,8 +317,12 @@ class Vcsim:
         cut_count: int | None = None,
         defaults: bool = True,
         start_timeout: float = 60,
+        trusted_tls: bool = False,
     ):
         self.config = config
+        # trusted_tls: serve a certificate from a private CA (self.ca_file) so clients can verify it.
+        self.trusted_tls = trusted_tls
+        self.ca_file: Path | None = None
         self.lease_timeout = lease_timeout
         self.rate_limit = rate_limit
         self.cut_after = cut_after
@@ -309,6 +375,10 @@ class Vcsim:
             "-cleanup-dir",
             str(self.workdir),
         ]
+        if self.trusted_tls:
+            tls = tls_material(BUILD_DIR / "tls")
+            self.ca_file = tls["ca"]
+            cmd += ["-tls-cert", str(tls["cert"]), "-tls-key", str(tls["key"])]
         env = dict(os.environ, TMPDIR=str(self.workdir))
         self.log_path = self.workdir / "vcsim.log"
         with open(self.log_path, "wb") as log:
@@ -411,7 +481,8 @@ class Vcsim:
             "VMWARE_PORT": str(self.port),
             "VMWARE_USER": self.user,
             "VMWARE_PASSWORD": self.password,
-            "VMWARE_VALIDATE_CERTS": "false",
+            # With trusted_tls, a user would trust the CA and keep verification on (SSL_CERT_FILE=self.ca_file).
+            "VMWARE_VALIDATE_CERTS": "true" if self.trusted_tls else "false",
         }
 
     def _faults_request(self, body: dict | None) -> dict:

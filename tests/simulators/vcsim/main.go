@@ -34,6 +34,8 @@ func main() {
 	shutdownDelay := flag.Float64("shutdown-delay", 1, "seconds between ShutdownGuest and the VM being powered off")
 	watchStdin := flag.Bool("watch-stdin", false, "exit when stdin reaches EOF (the parent process died)")
 	cleanup := flag.String("cleanup-dir", "", "directory to remove on exit (the launcher's work directory)")
+	tlsCert := flag.String("tls-cert", "", "PEM certificate (chain) to serve instead of Go's self-signed test certificate")
+	tlsKey := flag.String("tls-key", "", "PEM private key of -tls-cert")
 	flag.Parse()
 	if *cleanup != "" {
 		defer os.RemoveAll(*cleanup)
@@ -84,7 +86,14 @@ func main() {
 	if u := strings.SplitN(*login, ":", 2); len(u) == 2 {
 		model.Service.Listen.User = url.UserPassword(u[0], u[1])
 	}
-	model.Service.TLS = new(tls.Config) // self-signed httptest cert (127.0.0.1, ::1, example.com)
+	model.Service.TLS = new(tls.Config) // default: Go's self-signed httptest cert (127.0.0.1, ::1, example.com)
+	if *tlsCert != "" || *tlsKey != "" {
+		cert, err := tls.LoadX509KeyPair(*tlsCert, *tlsKey)
+		if err != nil {
+			fail(fmt.Errorf("-tls-cert/-tls-key: %v", err))
+		}
+		model.Service.TLS.Certificates = []tls.Certificate{cert}
+	}
 	model.Service.HandleFunc("/_sim/faults", simulator.ServeFaults)
 	s := model.Service.NewServer()
 	defer s.Close()
