@@ -454,7 +454,9 @@ ROLE_PROPAGATION_BUDGET = 90.0
 # AWS: 3-128 characters, letters, digits, ( ) [ ] space . / - ' @ _ (fullmatch: no trailing newline slips through).
 AMI_NAME_RE = re.compile(r"[A-Za-z0-9()\[\] ./'@_-]{3,128}")
 # EC2 tag limits per resource: 50 tags, keys 1-128 characters, values up to 256.
-MAX_TAGS, MAX_TAG_KEY, MAX_TAG_VALUE = 50, 128, 256
+MAX_TAGS = 50
+MAX_TAG_KEY = 128
+MAX_TAG_VALUE = 256
 
 
 def tag_limits_problem(tags, name):
