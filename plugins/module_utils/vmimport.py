@@ -52,14 +52,15 @@ def validate_bucket_name(bucket, what="S3 bucket name"):
     problems = []
     if not _BUCKET_RE.match(bucket):
         problems.append(
-            "3-63 characters of lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit"
+            "be 3-63 characters of lowercase letters, digits, dots and hyphens, starting and ending with a letter or "
+            "digit"
         )
     if ".." in bucket or ".-" in bucket or "-." in bucket:
-        problems.append("no adjacent dots and no dot next to a hyphen")
+        problems.append("have no adjacent dots and no dot next to a hyphen")
     if _IP_RE.match(bucket):
-        problems.append("not formatted as an IP address")
+        problems.append("not be formatted as an IP address")
     if problems:
-        raise VMImportError("%s %r is not a valid S3 bucket name: it must be %s" % (what, bucket, "; ".join(problems)))
+        raise VMImportError("%s %r is not a valid S3 bucket name: it must %s" % (what, bucket, "; ".join(problems)))
     return bucket
 
 
@@ -67,7 +68,9 @@ def _validate_key(key, url, what):
     if len(key.encode("utf-8")) > _MAX_KEY_BYTES:
         raise VMImportError("%s %r: the object key is longer than S3's limit of 1024 bytes" % (what, url))
     if any(ord(c) < 32 or ord(c) == 127 for c in key):
-        raise VMImportError("%s %r: the object key contains control characters" % (what, url))
+        raise VMImportError(
+            "%s %r: the object key contains control characters (newline, tab ...): remove them" % (what, url)
+        )
 
 
 def parse_s3_url(url, require_key=True, what="S3 URL"):
@@ -82,7 +85,7 @@ def parse_s3_url(url, require_key=True, what="S3 URL"):
     if not isinstance(url, str) or not url.strip():
         raise VMImportError("%s is empty: give it as %s" % (what, example))
     if url != url.strip():
-        raise VMImportError("%s %r has leading or trailing whitespace" % (what, url))
+        raise VMImportError("%s %r has leading or trailing whitespace: remove it" % (what, url))
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise VMImportError("%s %r is not a URL: give it as %s" % (what, url, example))

@@ -140,14 +140,18 @@ class VSphereClient(object):
             try:
                 vm.name  # noqa: B018 - fetch a property to prove the object exists
             except vmodl.fault.ManagedObjectNotFound:
-                raise VSphereError("no VM with moid %r" % moid) from None
+                raise VSphereError(
+                    "no VM with moid %r: check the id (vm-<number>), or identify the VM by name" % moid
+                ) from None
             return vm
         if uuid:
             vm = self.content.searchIndex.FindByUuid(None, uuid, True, False) or self.content.searchIndex.FindByUuid(
                 None, uuid, True, True
             )
             if vm is None:
-                raise VSphereError("no VM with uuid %r" % uuid)
+                raise VSphereError(
+                    "no VM with uuid %r: check the BIOS or instance uuid, or identify the VM by name" % uuid
+                )
             return vm
         matches = [vm for vm in self._all_vms(root) if vm.name == name]
         if folder:
@@ -158,7 +162,10 @@ class VSphereClient(object):
                 if want in self.inventory_path(vm.parent) + "/" or self.inventory_path(vm.parent).endswith(want)
             ]
         if not matches:
-            raise VSphereError("no VM named %r%s" % (name, " in folder %r" % folder if folder else ""))
+            raise VSphereError(
+                "no VM named %r%s: check the name (exact match, case and spaces count)%s, or identify the VM by uuid "
+                "or moid" % (name, " in folder %r" % folder if folder else "", " and the folder" if folder else "")
+            )
         if len(matches) > 1:
             raise VSphereError(
                 "%d VMs are named %r: %s. Set datacenter/folder, or use uuid or moid."

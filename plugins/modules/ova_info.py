@@ -207,6 +207,7 @@ from ansible.module_utils.common.text.converters import to_native  # noqa: E402
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule  # noqa: E402
 from ansible_collections.esxi2ami.migrate.plugins.module_utils import ova  # noqa: E402
+from ansible_collections.esxi2ami.migrate.plugins.module_utils.vmimport import VMImportError, parse_s3_url  # noqa: E402
 
 try:
     from botocore.exceptions import BotoCoreError, ClientError
@@ -241,6 +242,10 @@ def main():
             bucket, dummy, key = src[5:].partition("/")
             if not bucket or not key:
                 module.fail_json(msg="src %r must look like s3://bucket/key.ova" % src)
+            try:
+                bucket, key = parse_s3_url(src, what="src")
+            except VMImportError as exc:
+                module.fail_json(msg=to_native(exc))
             read, size = s3_reader(module.client("s3"), bucket, key)
             facts = ova.inspect_ova(read, size, verify_manifest=False)
         else:
@@ -252,13 +257,24 @@ def main():
         module.fail_json(msg="cannot read %s: %s" % (src, to_native(exc)))
     except ova.OvaError as exc:
         if module.params["validate"]:
-            module.fail_json(msg="%s is not an OVA VM Import can use: %s" % (src, to_native(exc)), problems=[str(exc)])
+            module.fail_json(
+                msg="%s is not an OVA VM Import can use: %s. Export the VM again "
+                "(esxi2ami.migrate.vsphere_ova_export), or copy or upload the whole file again if it was cut short"
+                % (src, to_native(exc)),
+                problems=[str(exc)],
+            )
         module.exit_json(changed=False, src=src, size=0, members=[], disks=[], problems=[to_native(exc)])
     facts = {k: v for k, v in facts.items() if v is not None}
     facts.update(changed=False, src=src, size=size)
     if module.params["validate"] and facts["problems"]:
+        fix = ""
+        if any("stream-optimized" in problem for problem in facts["problems"]):
+            fix = (
+                ". Export the VM again with esxi2ami.migrate.vsphere_ova_export (it writes stream-optimized disks), or "
+                "convert each disk with qemu-img convert -O vmdk -o subformat=streamOptimized and rebuild the OVA"
+            )
         module.fail_json(
-            msg="VM Import would reject %s: %s" % (src, "; ".join(facts["problems"])),
+            msg="VM Import would reject %s: %s%s" % (src, "; ".join(facts["problems"]), fix),
             **{k: v for k, v in facts.items() if k != "changed"},
         )
     module.exit_json(**facts)

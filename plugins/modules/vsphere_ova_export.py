@@ -284,6 +284,16 @@ vm:
       description: Configuration change version recorded with the OVA.
       type: str
       sample: "2026-11-28T02:35:12.123456Z"
+    firmware:
+      description:
+        - The VM's firmware, C(bios) or C(efi) (also in check mode), for example to choose or check the import's
+          boot mode before exporting.
+      type: str
+      sample: efi
+    guest_id:
+      description: The guest OS id vSphere has for the VM.
+      type: str
+      sample: debian12_64Guest
 power:
   description: The power changes made.
   returned: always
@@ -346,6 +356,7 @@ from ansible.module_utils.common.text.converters import to_native  # noqa: E402
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule  # noqa: E402
 from ansible_collections.esxi2ami.migrate.plugins.module_utils import ova, s3_stream, vsphere  # noqa: E402
+from ansible_collections.esxi2ami.migrate.plugins.module_utils.vmimport import VMImportError, parse_s3_url  # noqa: E402
 from ansible_collections.esxi2ami.migrate.plugins.module_utils.vmware_argument_spec import (  # noqa: E402
     connection_params,
     vmware_argument_spec,
@@ -369,7 +380,10 @@ def parse_dest(dest):
         bucket, dummy, key = dest[5:].partition("/")
         if not bucket or not key or key.endswith("/"):
             raise ValueError("dest %r must look like s3://bucket/key.ova (a bucket and an object key)" % dest)
-        return bucket, key
+        try:
+            return parse_s3_url(dest, what="dest")  # S3's bucket name rules and key limits
+        except VMImportError as exc:
+            raise ValueError(str(exc)) from None
     if "://" in dest:
         raise ValueError("dest %r: only local paths and s3://bucket/key URLs are supported" % dest)
     return None, dest
@@ -573,6 +587,8 @@ def run(module, client, left):
         "moid": facts["moid"],
         "uuid": facts["uuid"],
         "change_version": config_version(facts),
+        "firmware": facts["firmware"] or "bios",
+        "guest_id": facts["guest_id"],
     }
     disks = client.disks(vm)
     capacity = sum(d["capacity"] for d in disks)
