@@ -104,6 +104,43 @@ def is_retryable(exc):
     return isinstance(exc, (BotoCoreError, OSError))
 
 
+def in_progress_uploads(client, bucket, key, expected_bucket_owner=None):
+    """The multipart uploads in progress for exactly ``key`` (ListMultipartUploads, Prefix=key), oldest first.
+
+    Each is {"upload_id", "initiated" (ISO 8601)}. A process killed with SIGKILL leaves its upload here, parts
+    and all; nothing but an abort (or a lifecycle rule) removes it.
+    """
+    owner = {"ExpectedBucketOwner": expected_bucket_owner} if expected_bucket_owner else {}
+    found = []
+    params = {"Bucket": bucket, "Prefix": key}
+    while True:
+        resp = client.list_multipart_uploads(**params, **owner)
+        for upload in resp.get("Uploads") or []:
+            if upload.get("Key") == key:  # the prefix also matches longer keys
+                initiated = upload.get("Initiated")
+                found.append(
+                    {
+                        "upload_id": upload["UploadId"],
+                        "initiated": initiated.isoformat() if hasattr(initiated, "isoformat") else initiated,
+                    }
+                )
+        if not resp.get("IsTruncated"):
+            break
+        params["KeyMarker"] = resp.get("NextKeyMarker")
+        params["UploadIdMarker"] = resp.get("NextUploadIdMarker")
+    return sorted(found, key=lambda u: str(u["initiated"]))
+
+
+def abort_upload(client, bucket, key, upload_id, expected_bucket_owner=None):
+    """Abort one multipart upload; one that is already gone counts as aborted."""
+    owner = {"ExpectedBucketOwner": expected_bucket_owner} if expected_bucket_owner else {}
+    try:
+        client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, **owner)
+    except ClientError as exc:
+        if error_code(exc) != "NoSuchUpload":
+            raise
+
+
 class MultipartSink:
     """A multipart upload fed in order, with patchable held regions and a prefix known only at the end."""
 

@@ -386,6 +386,9 @@ def nfc_download(url, cookie, context, chunk_size=1 << 20, timeout=300):
         conn.close()
 
 
+SESSION_ENDED = "the vCenter session of this export ended (logged out, terminated by an administrator or expired)"
+
+
 class ExportLease(object):
     """An HttpNfcLease from ExportVm: wait until ready, keep alive with real progress, complete or abort."""
 
@@ -407,6 +410,7 @@ class ExportLease(object):
         self.total_estimate = self.capacity
         self.reports = 0
         self.error = None
+        self.session_ended = False
         self.state = "ready"
         self._stop = threading.Event()
         self._thread = None
@@ -439,8 +443,44 @@ class ExportLease(object):
                 self.lease.HttpNfcLeaseProgress(percent=self.percent)
                 self.reports += 1
             except Exception as exc:  # noqa: BLE001 - any failure ends keep-alive; the export checks .error
-                self.error = VSphereError("the export lease was lost: %s" % fault_message(exc))
+                self.error = self._lost(exc)
                 return
+
+    def _lost(self, exc):
+        if isinstance(exc, vim.fault.NotAuthenticated):
+            self.session_ended = True
+            return VSphereError("%s, so the export lease could not be kept alive" % SESSION_ENDED)
+        return VSphereError("the export lease was lost: %s" % fault_message(exc))
+
+    def probe(self):
+        """After a failure: the lease's own cause, when the server ended it (timeout, abort) or our session ended.
+
+        None when the lease is still fine (the failure was elsewhere, e.g. a cut download or S3).
+        """
+        if self.error is not None:
+            return self.error
+        try:
+            if self.lease.state == vim.HttpNfcLease.State.error:
+                self.error = VSphereError("the export lease ended on the server: %s" % self._lease_error())
+        except vim.fault.NotAuthenticated as exc:
+            self.error = self._lost(exc)
+        except vmodl.fault.ManagedObjectNotFound:
+            self.error = VSphereError("the export lease is gone from the server (ended by someone else)")
+        except Exception:  # noqa: BLE001, S110 - a probe; the original error is reported anyway
+            pass
+        return self.error
+
+    @property
+    def outcome(self):
+        """What became of the lease, for failure messages."""
+        if self.state == "aborted":
+            return "given back"
+        if self.session_ended:
+            return (
+                "not given back (the session that owns it ended); vSphere releases it %ds after its last progress "
+                "report" % self.timeout
+            )
+        return self.state
 
     def check(self):
         if self.error is not None:
@@ -464,11 +504,17 @@ class ExportLease(object):
     def abort(self, reason=None):
         """Give the lease back (HttpNfcLeaseAbort). Never raises: it runs while another error is reported."""
         self._stop_keepalive()
-        if self.state in ("done", "aborted"):
+        if self.state in ("done", "aborted", "abandoned"):
             return
-        with contextlib.suppress(Exception):
+        try:
             fault = vmodl.fault.SystemError(reason=reason or "export aborted", msg=reason or "export aborted")
             self.lease.HttpNfcLeaseAbort(fault)
+        except vim.fault.NotAuthenticated:
+            self.session_ended = True
+            self.state = "abandoned"
+            return
+        except Exception:  # noqa: BLE001, S110 - ended already (timed out, gone): given back either way
+            pass
         self.state = "aborted"
 
 
@@ -496,13 +542,14 @@ def vm_facts(vm):
     }
 
 
-def export_ova(client, vm, make_sink, progress=None, chunk_size=1 << 20, description=""):
+def export_ova(client, vm, make_sink, progress=None, chunk_size=1 << 20, description="", outcome=None):
     """Export ``vm`` (powered off) as an OVA into the sink ``make_sink(head_size, estimate)`` returns.
 
     One pass: each disk streams from its NFC URL into the OVA writer while a keep-alive thread
     reports the real progress to the lease. On any failure the sink is aborted (no partial object
     or file) and the lease given back. ``progress(bytes_done, estimate)`` is called per chunk.
-    Returns the writer's result (size, disks, the sink's fields) plus ``estimate``.
+    Returns the writer's result (size, disks, the sink's fields) plus ``estimate``. On failure,
+    ``outcome["lease"]`` (when a dict is given) says what became of the lease.
     """
     from ansible_collections.esxi2ami.migrate.plugins.module_utils.ova import (
         OvaError,
@@ -551,11 +598,16 @@ def export_ova(client, vm, make_sink, progress=None, chunk_size=1 << 20, descrip
         result = writer.finish(descriptor)
         lease.complete()
     except BaseException as exc:
-        if sink is not None:
-            sink.abort()
-        lease.abort(str(exc) or type(exc).__name__)
-        if lease.error is not None and isinstance(exc, (VSphereError, OSError)):
-            raise VSphereError("%s (%s)" % (lease.error, exc)) from None
+        cause = lease.probe()  # before the abort: a lease that timed out or a session that ended says so
+        try:
+            if sink is not None:
+                sink.abort()
+        finally:
+            lease.abort(str(exc) or type(exc).__name__)
+            if outcome is not None:
+                outcome["lease"] = lease.outcome
+        if cause is not None and cause is not exc and isinstance(exc, (VSphereError, OSError)):
+            raise VSphereError("%s (%s)" % (cause, exc)) from None
         if isinstance(exc, OvaError):
             raise VSphereError(str(exc)) from None
         raise

@@ -142,12 +142,18 @@ notes:
   - The controller needs no disk space for an S3 export; for a local file, the size of the OVA.
   - A local file is written as C(<dest>.partial) and renamed when complete.
   - The S3 permissions needed are C(s3:PutObject), C(s3:AbortMultipartUpload) and C(s3:GetObject) (HeadObject, for
-    O(overwrite)) on the key, and C(s3:ListBucket) on the bucket (HeadBucket, to check the bucket before the VM is
-    touched); with KMS, C(kms:GenerateDataKey) on the key.
+    O(overwrite)) on the key, and C(s3:ListBucket) (HeadBucket, to check the bucket before the VM is touched) and
+    C(s3:ListBucketMultipartUploads) (to find stale uploads) on the bucket; with KMS, C(kms:GenerateDataKey) on the
+    key. Without C(s3:ListBucketMultipartUploads) the module warns and goes on without looking for stale uploads.
   - Needs C(pyvmomi) and C(boto3) on the host that runs the module.
   - SIGTERM (a cancelled AWX job) aborts the upload and the lease like any failure. A process killed with SIGKILL
-    cannot clean up; an C(AbortIncompleteMultipartUpload) lifecycle rule on the bucket removes what such a kill
-    leaves behind.
+    cannot clean up; its multipart upload stays (the next run for the same O(dest) aborts it, see
+    RV(aborted_stale_uploads)) and vSphere releases its export lease when the lease times out. An
+    C(AbortIncompleteMultipartUpload) lifecycle rule on the bucket also removes such uploads.
+  - Before exporting to S3, every multipart upload in progress for the destination key is aborted as stale (in
+    check mode only reported), so do not run two exports to the same O(dest) at the same time.
+  - When the vCenter session ends during the export (logged out, terminated by an administrator, expired), the
+    export fails saying so; the multipart upload is aborted, and vSphere releases the lease after its timeout.
 extends_documentation_fragment:
   - esxi2ami.migrate.vmware
   - amazon.aws.common.modules
@@ -329,6 +335,23 @@ media:
   elements: dict
   sample: [{"label": "CD/DVD drive 1", "type": "cdrom", "backing": "[ds1] iso/tools.iso", "connected": true,
             "start_connected": true, "key": 3000}]
+aborted_stale_uploads:
+  description:
+    - Multipart uploads for the destination key that were in progress before this run (left by a killed run) and
+      were aborted, oldest first. In check mode, the uploads that would be aborted.
+  returned: when dest is an S3 URL
+  type: list
+  elements: dict
+  contains:
+    upload_id:
+      description: Upload id.
+      type: str
+      sample: 2~iCw_lDY8VoNlkUHHxJU9Tf0WoBb1vZ
+    initiated:
+      description: When the upload was started (ISO 8601).
+      type: str
+      sample: "2026-11-28T02:35:12+00:00"
+  sample: []
 duration:
   description: Seconds the export took (lease to completed upload).
   returned: always
@@ -488,6 +511,30 @@ class Destination:
                 pass
         return found
 
+    def stale_uploads(self):
+        """Multipart uploads in progress for our key before we start any (a killed run's); [] for files."""
+        if not self.is_s3:
+            return []
+        try:
+            return s3_stream.in_progress_uploads(
+                self.s3, self.bucket, self.key, self.module.params.get("expected_bucket_owner")
+            )
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) in ("403", "AccessDenied"):
+                self.module.warn(
+                    "cannot list the multipart uploads in progress for %s (AccessDenied): uploads left by a killed "
+                    "run are not cleaned up; grant s3:ListBucketMultipartUploads on bucket %s"
+                    % (self.dest, self.bucket)
+                )
+                return []
+            raise
+
+    def abort_uploads(self, uploads):
+        for upload in uploads:
+            s3_stream.abort_upload(
+                self.s3, self.bucket, self.key, upload["upload_id"], self.module.params.get("expected_bucket_owner")
+            )
+
     def check_writable(self):
         """Fail before the VM is touched when the destination cannot take the OVA."""
         if self.is_s3:
@@ -572,7 +619,8 @@ def vm_selector(params):
 def left_note(left):
     if not left:
         return ""
-    return ". Nothing was left behind at the destination; the VM was left %s" % left["power_state"]
+    lease = "; the export lease was %s" % left["lease"] if left.get("lease") else ""
+    return ". Nothing was left behind at the destination%s; the VM was left %s" % (lease, left["power_state"])
 
 
 def run(module, client, left):
@@ -580,6 +628,9 @@ def run(module, client, left):
     p = module.params
     dest = Destination(module, p["dest"])
     dest.check_writable()
+    stale = dest.stale_uploads()
+    if stale and not module.check_mode:
+        dest.abort_uploads(stale)  # a killed run's parts; we have started none yet
     vm = client.find_vm(name=p["name"], uuid=p["uuid"], moid=p["moid"], datacenter=p["datacenter"], folder=p["folder"])
     facts = vsphere.vm_facts(vm)
     vm_out = {
@@ -604,6 +655,15 @@ def run(module, client, left):
         "duration": 0.0,
         "throughput": 0.0,
     }
+    stale_note = ""
+    if dest.is_s3:
+        result["aborted_stale_uploads"] = stale
+        result["changed"] = bool(stale)
+        if stale:
+            stale_note = "; %s %d stale multipart upload(s) of an earlier run" % (
+                "would abort" if module.check_mode else "aborted",
+                len(stale),
+            )
     media = []
     for m in client.removable_media(vm):
         m.pop("_device", None)
@@ -641,11 +701,12 @@ def run(module, client, left):
             ProgressFile(p["progress_file"], p["dest"]).update(
                 result["size"], result["size"], phase="unchanged", force=True
             )
-            result["msg"] = "%s already holds VM %s (uuid %s) at configuration version %s; nothing to do" % (
+            result["msg"] = "%s already holds VM %s (uuid %s) at configuration version %s; nothing to do%s" % (
                 p["dest"],
                 facts["name"],
                 facts["uuid"],
                 config_version(facts),
+                stale_note,
             )
             return result
 
@@ -670,7 +731,7 @@ def run(module, client, left):
             changed=True,
             size=capacity,
             media=media if p["eject_media"] else [],
-            msg="would export VM %s (%d disks, up to %d bytes) to %s%s%s"
+            msg="would export VM %s (%d disks, up to %d bytes) to %s%s%s%s"
             % (
                 facts["name"],
                 len(disks),
@@ -678,6 +739,7 @@ def run(module, client, left):
                 p["dest"],
                 "; power off: %s" % predicted_action if predicted_action != "none" else "",
                 "; eject %d media" % len(media) if media and p["eject_media"] else "",
+                stale_note,
             ),
         )
         result["power"]["action"] = predicted_action
@@ -707,6 +769,7 @@ def run(module, client, left):
             dest.make_sink(facts, state),
             progress=progress.update,
             description="Exported from %s by esxi2ami.migrate" % client.hostname,
+            outcome=left,
         )
         duration = time.monotonic() - started
     except BaseException:
@@ -741,11 +804,12 @@ def run(module, client, left):
         except vsphere.VSphereError as exc:  # the OVA is complete; say so rather than fail the export
             module.warn("the export succeeded but the VM could not be powered on again: %s" % exc)
     progress.update(export["size"], export["size"], phase="done", force=True)
-    result["msg"] = "exported %d disks (%d bytes) to %s in %.1fs" % (
+    result["msg"] = "exported %d disks (%d bytes) to %s in %.1fs%s" % (
         len(export["disks"]),
         export["size"],
         p["dest"],
         duration,
+        stale_note,
     )
     return result
 
