@@ -148,7 +148,8 @@ notes:
   - Needs C(pyvmomi) and C(boto3) on the host that runs the module.
   - SIGTERM (a cancelled AWX job) aborts the upload and the lease like any failure. A process killed with SIGKILL
     cannot clean up; its multipart upload stays (the next run for the same O(dest) aborts it, see
-    RV(aborted_stale_uploads)) and vSphere releases its export lease when the lease times out. An
+    RV(aborted_stale_uploads); a local C(<dest>.partial) file is removed likewise, see RV(removed_partial_file)) and
+    vSphere releases its export lease when the lease times out. An
     C(AbortIncompleteMultipartUpload) lifecycle rule on the bucket also removes such uploads.
   - Before exporting to S3, every multipart upload in progress for the destination key is aborted as stale (in
     check mode only reported), so do not run two exports to the same O(dest) at the same time.
@@ -352,6 +353,13 @@ aborted_stale_uploads:
       type: str
       sample: "2026-11-28T02:35:12+00:00"
   sample: []
+removed_partial_file:
+  description:
+    - The C(<dest>.partial) file a killed run left, which was removed before exporting (in check mode, would be
+      removed); null when there was none.
+  returned: when dest is a local path
+  type: str
+  sample: /srv/ova/web01.ova.partial
 duration:
   description: Seconds the export took (lease to completed upload).
   returned: always
@@ -529,6 +537,13 @@ class Destination:
                 return []
             raise
 
+    def stale_partial(self):
+        """The ``<dest>.partial`` file a killed run left, or None (always None for S3)."""
+        if self.is_s3:
+            return None
+        partial = "%s.partial" % self.path
+        return partial if os.path.isfile(partial) else None
+
     def abort_uploads(self, uploads):
         for upload in uploads:
             s3_stream.abort_upload(
@@ -628,9 +643,8 @@ def run(module, client, left):
     p = module.params
     dest = Destination(module, p["dest"])
     dest.check_writable()
-    stale = dest.stale_uploads()
-    if stale and not module.check_mode:
-        dest.abort_uploads(stale)  # a killed run's parts; we have started none yet
+    stale = dest.stale_uploads()  # cleaned up below, once the input is known to be good
+    partial = dest.stale_partial()
     vm = client.find_vm(name=p["name"], uuid=p["uuid"], moid=p["moid"], datacenter=p["datacenter"], folder=p["folder"])
     facts = vsphere.vm_facts(vm)
     vm_out = {
@@ -664,6 +678,14 @@ def run(module, client, left):
                 "would abort" if module.check_mode else "aborted",
                 len(stale),
             )
+    else:
+        result["removed_partial_file"] = partial
+        result["changed"] = bool(partial)
+        if partial:
+            stale_note = "; %s %s, left by an earlier run" % (
+                "would remove" if module.check_mode else "removed",
+                partial,
+            )
     media = []
     for m in client.removable_media(vm):
         m.pop("_device", None)
@@ -679,12 +701,17 @@ def run(module, client, left):
         },
     }
 
+    if current is not None and p["overwrite"] == "never":
+        raise ValueError(
+            "dest %s already exists and overwrite is never: remove it, or set overwrite to different or always"
+            % p["dest"]
+        )
+    if not module.check_mode:
+        # What a killed run left (a process killed with SIGKILL cannot clean up); this run has started nothing yet.
+        dest.abort_uploads(stale)
+        if partial:
+            os.unlink(partial)
     if current is not None:
-        if p["overwrite"] == "never":
-            raise ValueError(
-                "dest %s already exists and overwrite is never: remove it, or set overwrite to different or always"
-                % p["dest"]
-            )
         if (
             p["overwrite"] == "different"
             and current.get("uuid") == facts["uuid"]

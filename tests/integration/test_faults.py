@@ -167,29 +167,45 @@ def _module_pid(parent):
     return None
 
 
+def _kill_mid_export(sim, aws, task, tmp_path, started):
+    """Run ``task`` in ansible-playbook and SIGKILL the module's process once ``started()`` is true."""
+    env = dict(os.environ, **_env(sim, aws), ANSIBLE_PYTHON_INTERPRETER=sys.executable)
+    book = tmp_path / "play.yml"
+    book.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": [task]}]))
+    playbook = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+    proc = subprocess.Popen(
+        [playbook, "-i", "localhost,", "-c", "local", str(book)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not started():
+            assert time.monotonic() < deadline and proc.poll() is None, "the export never got going"
+            time.sleep(0.05)
+        pid = _module_pid(proc.pid)
+        assert pid, "no module process found"
+        os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    book.unlink()
+
+
 def test_sigkill_mid_upload_then_rerun_aborts_the_stale_upload(aws_clean, s3, disk, tmp_path):
     """SIGKILL cannot be caught: the killed run leaves its multipart upload; the next run finds it and aborts it."""
     with _sim(disk, rate_limit=4 << 20, lease_timeout=2) as sim:
-        env = dict(os.environ, **_env(sim, aws_clean), ANSIBLE_PYTHON_INTERPRETER=sys.executable)
-        book = tmp_path / "play.yml"
-        book.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": [_export("kill.ova")]}]))
-        playbook = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
-        proc = subprocess.Popen(
-            [playbook, "-i", "localhost,", "-c", "local", str(book)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            stale = _upload_with_parts(s3, "kill.ova")
-            pid = _module_pid(proc.pid)
-            assert pid, "no module process found"
-            os.kill(pid, signal.SIGKILL)
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        found = []
+
+        def started():
+            found[:] = [u["UploadId"] for u in _uploads(s3)]
+            return found and s3.list_parts(Bucket=BUCKET, Key="kill.ova", UploadId=found[0]).get("Parts")
+
+        _kill_mid_export(sim, aws_clean, _export("kill.ova"), tmp_path, started)
+        stale = found[0]
         # What a kill leaves: the upload and its parts, no object.
         assert [u["UploadId"] for u in _uploads(s3)] == [stale]
         assert _objects(s3) == []
@@ -216,6 +232,41 @@ def test_sigkill_mid_upload_then_rerun_aborts_the_stale_upload(aws_clean, s3, di
         again = _result(run_playbook([_export("kill.ova")], env=env))
         assert again["changed"] is False and again["aborted_stale_uploads"] == [], again
         assert [u["UploadId"] for u in _uploads(s3)] == [other]
+
+
+def test_sigkill_mid_local_export_then_rerun_removes_the_partial_file(aws_clean, disk, tmp_path):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    dest = out_dir / "kill.ova"
+    partial = out_dir / "kill.ova.partial"
+    with _sim(disk, rate_limit=4 << 20, lease_timeout=2) as sim:
+        _kill_mid_export(
+            sim,
+            aws_clean,
+            _export(dest=str(dest)),
+            tmp_path,
+            lambda: partial.exists() and partial.stat().st_blocks * 512 > 4 << 20,
+        )
+        assert sorted(p.name for p in out_dir.iterdir()) == ["kill.ova.partial"]  # what a kill leaves
+        assert _power_on(sim, wait=60) is None
+        sim.set_faults(rate_limit=None)
+
+        env = _env(sim, aws_clean)
+        check = _result(run_playbook([_export(dest=str(dest))], env=env, check=True))
+        assert check["removed_partial_file"] == str(partial) and "would remove" in check["msg"], check
+        assert partial.exists()
+        rerun = _result(run_playbook([_export(dest=str(dest))], env=env))
+        assert not rerun.get("failed"), rerun
+        assert rerun["removed_partial_file"] == str(partial)
+        assert sorted(p.name for p in out_dir.iterdir()) == ["kill.ova"]
+        assert dest.stat().st_size == rerun["size"]
+
+        # A partial file next to a finished export is removed by a run that has nothing else to do.
+        partial.write_bytes(b"left over")
+        again = _result(run_playbook([_export(dest=str(dest))], env=env))
+        assert again["changed"] is True and again["removed_partial_file"] == str(partial), again
+        assert "already holds VM" in again["msg"]
+        assert sorted(p.name for p in out_dir.iterdir()) == ["kill.ova"]
 
 
 def test_vcenter_session_ended_mid_export(aws_clean, s3, disk):
