@@ -14,8 +14,9 @@ own process, one after the other, so they do not compete for the CPU:
   playbook_scale  playbooks/migrate.yml for 1, 4, 8 VMs with the same disk
   rerun           idempotent re-run of a finished migration: wall time and bytes moved
 
-Results: ``--out`` (default benchmarks/results/latest.json) with the machine, each benchmark's
-own results and the targets; timings are reported, never asserted.
+Results: ``--out`` (default benchmarks/results/latest.json; for --small .build/benchmarks/latest-small.json,
+so a quick run does not replace the published numbers) with the machine, each benchmark's own results
+and the targets; timings are reported, never asserted.
 """
 
 import argparse
@@ -31,6 +32,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "latest.json"
+# --small results are rough: kept out of the committed file, under the git-ignored .build/
+DEFAULT_SMALL_OUT = HERE.parent / ".build" / "benchmarks" / "latest-small.json"
 MIB = 1 << 20
 
 # name -> (small args, full args); export_stream gets one run per size (the issue asks for 1 GiB and 4 GiB).
@@ -205,7 +208,10 @@ def main(argv=None):
     size.add_argument("--small", action="store_true", help="CI sizes: quick, numbers are rough")
     size.add_argument("--full", action="store_true", help="the real sizes (default)")
     ap.add_argument("--only", help="comma-separated subset of: %s" % ", ".join(PLANS))
-    ap.add_argument("--out", default=str(DEFAULT_OUT), help="results file (default benchmarks/results/latest.json)")
+    ap.add_argument(
+        "--out",
+        help="results file (default benchmarks/results/latest.json; with --small .build/benchmarks/latest-small.json)",
+    )
     args = ap.parse_args(argv)
     names = list(PLANS)
     if args.only:
@@ -229,7 +235,7 @@ def main(argv=None):
     report["targets"] = [
         {"benchmark": b, "measure": m, "measured": v, "target": t, "met": bool(ok)} for b, m, v, t, ok in rows
     ]
-    out = Path(args.out)
+    out = Path(args.out or (DEFAULT_SMALL_OUT if args.small else DEFAULT_OUT))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")
 
