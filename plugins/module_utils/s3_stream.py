@@ -182,6 +182,7 @@ class MultipartSink:
         self._held = {}  # part number -> bytearray waiting for patches (part 1 waits for finish)
         self._holds = []  # [start, end) tail ranges still to be patched
         self._etags = {}
+        self._crc32 = {}
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.max_concurrency)
         self._pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="s3-part")
@@ -192,8 +193,9 @@ class MultipartSink:
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self):
         try:
+            # CRC32 per part, checked by S3 on each part and on completion, as the AWS SDKs' transfer managers do.
             resp = self.client.create_multipart_upload(
-                Bucket=self.bucket, Key=self.key, **self.extra_args, **self.owner
+                Bucket=self.bucket, Key=self.key, ChecksumAlgorithm="CRC32", **self.extra_args, **self.owner
             )
         except (ClientError, BotoCoreError) as exc:
             self._pool.shutdown(wait=False)
@@ -309,6 +311,7 @@ class MultipartSink:
                     UploadId=self.upload_id,
                     PartNumber=part,
                     Body=body,
+                    ChecksumAlgorithm="CRC32",
                     **self.owner,
                 )
             except (ClientError, BotoCoreError, OSError) as exc:
@@ -322,6 +325,7 @@ class MultipartSink:
                 continue
             with self._lock:
                 self._etags[part] = resp["ETag"]
+                self._crc32[part] = resp.get("ChecksumCRC32")
                 self.bytes_uploaded += len(body)
             return
 
@@ -348,7 +352,13 @@ class MultipartSink:
         # Part 1 goes up alongside the last parts still in flight: only now is the prefix known.
         self._submit(1, bytes(prefix) + bytes(first))
         self._drain()
-        parts = [{"PartNumber": n, "ETag": self._etags[n]} for n in sorted(self._etags)]
+        parts = [
+            dict(
+                {"PartNumber": n, "ETag": self._etags[n]},
+                **({"ChecksumCRC32": self._crc32[n]} if self._crc32.get(n) else {}),
+            )
+            for n in sorted(self._etags)
+        ]
         try:
             resp = self.client.complete_multipart_upload(
                 Bucket=self.bucket,

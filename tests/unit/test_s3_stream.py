@@ -98,6 +98,9 @@ def test_prefix_goes_first_and_held_regions_are_patched(s3, part_size):
     sizes = [s3.head_object(Bucket=BUCKET, Key="k", PartNumber=n)["ContentLength"] for n in range(1, 6)]
     assert sizes == [6000 + PART] + [part_size] * 3 + [12345]
     assert _uploads(s3) == []
+    # The upload declared CRC32: every part carried one that S3 checked, and the object keeps a checksum
+    # (S3 reports a composite "<crc>-5"; moto the whole object's CRC32). Without it there is none.
+    assert s3.head_object(Bucket=BUCKET, Key="k", ChecksumMode="ENABLED").get("ChecksumCRC32")
 
 
 def test_small_stream_is_one_part(s3):
