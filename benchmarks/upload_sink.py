@@ -12,9 +12,6 @@ busy neighbour on a shared machine hurts both ways alike:
                 what ``aws s3 cp`` does
   transfer_same upload_file with the sink's settings (16 MiB parts, 4 threads): the same work split
                 the same way, so the ratio isolates the code rather than the tuning
-  sink_crc32    the sink with ChecksumAlgorithm=CRC32 on CreateMultipartUpload, as TransferManager
-                sends it (s3transfer >= 0.11); botocore adds a CRC32 to every part either way, and
-                moto's CompleteMultipartUpload is measurably slower for uploads that did not declare it
 
 and prints the median throughput of each and the ratio sink / transfer (target >= 0.95).
 
@@ -35,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 COLLECTIONS = REPO / ".build" / "collections"
 MIB = 1 << 20
 BUCKET = "bench-upload"
-WAYS = ("sink", "transfer", "transfer_same", "sink_crc32")
+WAYS = ("sink", "transfer", "transfer_same")
 
 
 def _paths():
@@ -57,10 +54,10 @@ def make_data(path, size):
             left -= n
 
 
-def upload_sink(s3, path, key, s3_stream, extra_args=None):
+def upload_sink(s3, path, key, s3_stream):
     size = os.path.getsize(path)
     part_size, _note = s3_stream.choose_part_size(size)
-    sink = s3_stream.MultipartSink(s3, BUCKET, key, part_size, max_concurrency=4, extra_args=extra_args).start()
+    sink = s3_stream.MultipartSink(s3, BUCKET, key, part_size, max_concurrency=4).start()
     try:
         with open(path, "rb") as f:
             while True:
@@ -127,8 +124,6 @@ def run(size_mib, rounds, workdir=None, log=print):
                 started = time.monotonic()
                 if way == "sink":
                     settings[way] = upload_sink(s3, path, key, s3_stream)
-                elif way == "sink_crc32":
-                    settings[way] = upload_sink(s3, path, key, s3_stream, {"ChecksumAlgorithm": "CRC32"})
                 elif way == "transfer":
                     settings[way] = upload_transfer(s3, path, key)
                 else:
@@ -167,9 +162,6 @@ def run(size_mib, rounds, workdir=None, log=print):
     out["sink_vs_transfer_same_settings"] = round(sink_mb / out["ways"]["transfer_same"]["median_mb_s"], 3)
     sink_parts = out["ways"]["sink"]["median_parts_mb_s"]
     out["sink_vs_transfer_parts_only"] = round(sink_parts / out["ways"]["transfer"]["median_parts_mb_s"], 3)
-    out["sink_crc32_vs_transfer"] = round(
-        out["ways"]["sink_crc32"]["median_mb_s"] / out["ways"]["transfer"]["median_mb_s"], 3
-    )
     out["target"] = ">= 0.95"
     out["met"] = out["sink_vs_transfer"] >= 0.95
     return out
@@ -201,13 +193,12 @@ def print_table(res, log=print):
     log("")
     log(
         "sink / TransferManager (defaults) = %.3f (target >= 0.95: %s); same settings = %.3f; "
-        "parts phase only (without moto's CompleteMultipartUpload) = %.3f; sink with ChecksumAlgorithm=CRC32 = %.3f"
+        "parts phase only (without moto's CompleteMultipartUpload) = %.3f"
         % (
             res["sink_vs_transfer"],
             "met" if res["met"] else "MISSED",
             res["sink_vs_transfer_same_settings"],
             res["sink_vs_transfer_parts_only"],
-            res["sink_crc32_vs_transfer"],
         )
     )
 
