@@ -411,6 +411,7 @@ class ExportLease(object):
         self.reports = 0
         self.error = None
         self.session_ended = False
+        self.ended_on_server = False
         self.state = "ready"
         self._stop = threading.Event()
         self._thread = None
@@ -461,10 +462,12 @@ class ExportLease(object):
             return self.error
         try:
             if self.lease.state == vim.HttpNfcLease.State.error:
+                self.ended_on_server = True
                 self.error = VSphereError("the export lease ended on the server: %s" % self._lease_error())
         except vim.fault.NotAuthenticated as exc:
             self.error = self._lost(exc)
         except vmodl.fault.ManagedObjectNotFound:
+            self.ended_on_server = True
             self.error = VSphereError("the export lease is gone from the server (ended by someone else)")
         except Exception:  # noqa: BLE001, S110 - a probe; the original error is reported anyway
             pass
@@ -473,6 +476,8 @@ class ExportLease(object):
     @property
     def outcome(self):
         """What became of the lease, for failure messages."""
+        if self.ended_on_server:
+            return "already ended by vSphere"
         if self.state == "aborted":
             return "given back"
         if self.session_ended:

@@ -345,7 +345,7 @@ def test_s3_permanent_failure_aborts_upload_and_lease(aws_factory, disk):
         )
 
     s3, admin_iam = client("s3"), client("iam")
-    with _sim(disk, rate_limit=4 << 20) as sim:
+    with _sim(disk, rate_limit=2 << 20) as sim:
         env = _env(sim, aws)
         env.update(AWS_ACCESS_KEY_ID=exporter_id, AWS_SECRET_ACCESS_KEY=exporter_secret)
         run = Background([_export("denied.ova", restore_power_state=True)], env)
@@ -362,8 +362,10 @@ def test_s3_permanent_failure_aborts_upload_and_lease(aws_factory, disk):
         )
         out = run.result()
         assert out["failed"]
-        assert "AccessDenied" in out["msg"] and "uploading part" in out["msg"], out["msg"]
-        assert "failed after 1 attempt(s)" in out["msg"], out["msg"]  # not retried: it cannot get better
+        assert "AccessDenied" in out["msg"], out["msg"]
+        # Not retried: it cannot get better. (On a very slow machine every part may be up before the Deny lands;
+        # then CompleteMultipartUpload, also s3:PutObject, is what gets denied.)
+        assert "failed after 1 attempt(s)" in out["msg"] or "completing the multipart upload" in out["msg"], out["msg"]
         assert "Nothing was left behind at the destination" in out["msg"], out["msg"]
         assert "the export lease was given back" in out["msg"], out["msg"]
         assert "the VM was left poweredOn" in out["msg"], out["msg"]  # restore_power_state: as asked
@@ -381,6 +383,8 @@ def test_lease_that_cannot_be_kept_alive_fails_cleanly(aws_clean, s3, disk, tmp_
         out = _result(run_playbook([_export("lease.ova", dest=dest)], env=_env(sim, aws_clean)))
         assert out["failed"]
         assert "lease" in out["msg"] and "timed out" in out["msg"], out["msg"]
+        # Mid-export, as a rule; on a very slow machine the lease can time out before it was ever used.
+        assert "the export lease was already ended by vSphere" in out["msg"] or "the export lease failed" in out["msg"]
         assert "the VM was left poweredOff" in out["msg"], out["msg"]
         assert _uploads(s3) == []
         assert _objects(s3) == []
