@@ -27,22 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-COLLECTIONS = REPO / ".build" / "collections"
+from bench_paths import setup_paths
+
 MIB = 1 << 20
 BUCKET = "bench"
 VM = "bench"
 MODES = ("vsphere_only", "staged", "s3_only", "streaming")
-
-
-def _paths():
-    for p in (str(REPO), str(COLLECTIONS)):
-        if p not in sys.path:
-            sys.path.insert(0, p)
-    link = COLLECTIONS / "ansible_collections" / "esxi2ami" / "migrate"
-    if not link.exists():
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(REPO, target_is_directory=True)
 
 
 def _io_write_bytes():
@@ -93,7 +83,7 @@ class NullSink:
 
 def child(mode, cfg):
     """Run one way; print a JSON line with its measurements."""
-    _paths()
+    setup_paths()
     import boto3  # noqa: PLC0415 - after sys.path is set up
     from boto3.s3.transfer import TransferConfig  # noqa: PLC0415
 
@@ -189,7 +179,7 @@ def main(argv=None):
         child(args.child, json.loads(args.cfg))
         return 0
 
-    _paths()
+    setup_paths()
     from tests.simulators.vcsim.launcher import Vcsim, disk_vm  # noqa: PLC0415
     from tests.simulators.vmimport.launcher import MotoVmImport  # noqa: PLC0415
 

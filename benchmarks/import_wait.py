@@ -33,21 +33,11 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-COLLECTIONS = REPO / ".build" / "collections"
+from bench_paths import setup_paths
+
 MIB = 1 << 20
 BUCKET = "bench-import"
 SAMPLE_S = 0.025
-
-
-def _paths():
-    for p in (str(REPO), str(COLLECTIONS)):
-        if p not in sys.path:
-            sys.path.insert(0, p)
-    link = COLLECTIONS / "ansible_collections" / "esxi2ami" / "migrate"
-    if not link.exists():
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(REPO, target_is_directory=True)
 
 
 class CallSampler(threading.Thread):
@@ -165,7 +155,7 @@ def trial(aws, kind, index, key, duration, poll, fail_fraction, run_playbook):
 
 
 def run(task_duration, poll_interval, trials, log=print):
-    _paths()
+    setup_paths()
     from tests.integration.playbook import run_playbook  # noqa: PLC0415
     from tests.simulators.vmimport.fixtures import create_vmimport_role  # noqa: PLC0415
     from tests.simulators.vmimport.launcher import MotoVmImport  # noqa: PLC0415

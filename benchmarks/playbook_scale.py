@@ -27,27 +27,17 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-COLLECTIONS = REPO / ".build" / "collections"
+from bench_paths import COLLECTIONS, REPO, setup_paths
+
 MIB = 1 << 20
 BUCKET = "bench-migrations"
 NFC_SENT = re.compile(r"nfc GET \S+: sent (\d+) bytes")
 NFC_ANY = re.compile(r"nfc GET \S+: (?:sent|cut after|client went away after|write failed after) (\d+) bytes")
 
 
-def _paths():
-    for p in (str(REPO), str(COLLECTIONS)):
-        if p not in sys.path:
-            sys.path.insert(0, p)
-    link = COLLECTIONS / "ansible_collections" / "esxi2ami" / "migrate"
-    if not link.exists():
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(REPO, target_is_directory=True)
-
-
 def make_disk(path, size_mib):
     """The same raw disk for every VM: an MBR (the import's partition check), then random data."""
-    _paths()
+    setup_paths()
     from tests.simulators.vmimport.ova_builder import make_raw_disk  # noqa: PLC0415
 
     make_raw_disk(path, size_mib * MIB)
@@ -73,7 +63,7 @@ class Migration:
         self.sim = self.aws = None
 
     def __enter__(self):
-        _paths()
+        setup_paths()
         from tests.simulators.vcsim.launcher import Vcsim, disk_vm  # noqa: PLC0415
         from tests.simulators.vmimport.launcher import MotoVmImport  # noqa: PLC0415
 
@@ -196,7 +186,7 @@ class Migration:
 
 
 def run(vm_counts, disk_mib, task_duration, workdir=None, log=print):
-    _paths()
+    setup_paths()
     out = {"disk_mib": disk_mib, "task_duration_s": task_duration, "runs": []}
     with tempfile.TemporaryDirectory(prefix="playbook-scale-", dir=workdir) as tmp:
         disk = make_disk(Path(tmp) / "disk.raw", disk_mib)

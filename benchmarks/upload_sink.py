@@ -28,21 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-COLLECTIONS = REPO / ".build" / "collections"
+from bench_paths import setup_paths
+
 MIB = 1 << 20
 BUCKET = "bench-upload"
 WAYS = ("sink", "transfer", "transfer_same")
-
-
-def _paths():
-    for p in (str(REPO), str(COLLECTIONS)):
-        if p not in sys.path:
-            sys.path.insert(0, p)
-    link = COLLECTIONS / "ansible_collections" / "esxi2ami" / "migrate"
-    if not link.exists():
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(REPO, target_is_directory=True)
 
 
 def make_data(path, size):
@@ -84,7 +74,7 @@ def upload_transfer(s3, path, key, chunk_mib=None, threads=None):
 
 def run(size_mib, rounds, workdir=None, log=print):
     """Measure; returns the result dict (also what run.py stores)."""
-    _paths()
+    setup_paths()
     from ansible_collections.esxi2ami.migrate.plugins.module_utils import s3_stream  # noqa: PLC0415
     from tests.simulators.vmimport.launcher import MotoVmImport  # noqa: PLC0415
 

@@ -99,3 +99,22 @@ def run_playbook(
         except ValueError:
             data = {}
     return PlaybookResult(proc, data)
+
+
+def descendants(pid):
+    """PIDs of every process below ``pid`` (from /proc), so a test signals only what it started."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry, encoding="ascii", errors="replace") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from pyVmomi import vim
 
-from tests.integration.playbook import run_playbook
+from tests.integration.playbook import descendants, run_playbook
 from tests.simulators.vcsim.launcher import Vcsim, disk_vm
 
 BUCKET = "faults"
@@ -137,26 +137,8 @@ class Background(threading.Thread):
         return _result(self.res)
 
 
-def _descendants(pid):
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open("/proc/%s/stat" % entry) as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def _module_pid(parent):
-    for pid in _descendants(parent):
+    for pid in descendants(parent):
         try:
             with open("/proc/%d/cmdline" % pid, "rb") as f:
                 argv = f.read().split(b"\0")

@@ -16,7 +16,7 @@ import pytest
 from pyVmomi import vim, vmodl
 
 from ansible_collections.esxi2ami.migrate.plugins.module_utils import ova, s3_stream, vsphere
-from tests.integration.playbook import run_playbook
+from tests.integration.playbook import descendants, run_playbook
 from tests.simulators.vcsim.launcher import TWO_DISK_VM, Vcsim, disk_vm
 
 BUCKET = "exports"
@@ -389,25 +389,6 @@ def test_verified_tls_end_to_end_with_a_trusted_ca(aws_clean, tmp_path):
         assert names[0].endswith(".ovf") and len([n for n in names if n.endswith(".vmdk")]) == 2
 
 
-def _descendants(pid):
-    """PIDs of every process below ``pid`` (from /proc), so the test signals only what it started."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open("/proc/%s/stat" % entry) as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def test_sigterm_mid_upload_aborts_it(aws_clean, s3, tmp_path, big_disk):
     """An AWX job cancel sends SIGTERM: the module gives the lease back and aborts the multipart upload."""
     import signal  # noqa: PLC0415
@@ -441,7 +422,7 @@ def test_sigterm_mid_upload_aborts_it(aws_clean, s3, tmp_path, big_disk):
                 if uploads and s3.list_parts(Bucket=BUCKET, Key="term.ova", UploadId=uploads[0]["UploadId"]).get(
                     "Parts"
                 ):
-                    for pid in _descendants(proc.pid):
+                    for pid in descendants(proc.pid):
                         with open("/proc/%d/cmdline" % pid, "rb") as f:
                             argv = f.read().split(b"\0")
                         # The module's Python process itself, not the shell ansible wraps it in.
