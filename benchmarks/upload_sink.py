@@ -29,19 +29,11 @@ import time
 from pathlib import Path
 
 from bench_paths import setup_paths
+from export_stream import make_raw
 
 MIB = 1 << 20
 BUCKET = "bench-upload"
 WAYS = ("sink", "transfer", "transfer_same")
-
-
-def make_data(path, size):
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, 16 * MIB)
-            f.write(os.urandom(n))
-            left -= n
 
 
 def upload_sink(s3, path, key, s3_stream):
@@ -84,7 +76,7 @@ def run(size_mib, rounds, workdir=None, log=print):
     complete_samples = {w: [] for w in WAYS}
     with tempfile.TemporaryDirectory(prefix="upload-bench-", dir=workdir) as tmp, MotoVmImport() as aws:
         path = Path(tmp) / "data.bin"
-        make_data(path, size)
+        make_raw(path, size)
         s3 = aws.client("s3")
         s3.create_bucket(Bucket=BUCKET)
         settings = {}
