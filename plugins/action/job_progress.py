@@ -62,8 +62,7 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         del tmp
-        validation, args = self.validate_argument_spec(argument_spec=ARGSPEC)
-        del validation
+        args = self.validate_argument_spec(argument_spec=ARGSPEC)[1]
         if args["interval"] < 1:
             raise AnsibleActionFail("interval must be at least 1 second, got %d" % args["interval"])
         # The same async directory ansible.builtin.async_status uses (shell option async_dir).
